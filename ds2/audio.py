@@ -1,0 +1,141 @@
+"""Audio loading and DS2 features.
+
+Everything the model hears goes through :func:`load_audio` (soundfile, downmix to mono,
+resample to 16 kHz with torchaudio) and :func:`spectrogram` (log power spectrogram with
+20 ms windows and a 10 ms hop: 161 frequency bins at 16 kHz, each utterance normalized
+to zero mean and unit variance per frequency bin).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio.functional as AF
+
+SAMPLE_RATE = 16000  # Hz; every waveform is resampled to this
+WINDOW_MS = 20
+HOP_MS = 10
+N_FFT = SAMPLE_RATE * WINDOW_MS // 1000  # 320 samples
+HOP_LENGTH = SAMPLE_RATE * HOP_MS // 1000  # 160 samples
+N_FREQ = N_FFT // 2 + 1  # 161 bins
+FRAMES_PER_SECOND = 1000 // HOP_MS  # 100
+LOG_EPS = 1e-10  # floor under the power spectrum before the log
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message names the file and the reason."""
+
+
+def audio_info(path: str | Path) -> tuple[float, int, int]:
+    """Header facts without decoding: (duration in seconds, sample rate, channels)."""
+    try:
+        info = soundfile.info(str(path))
+    except FileNotFoundError:
+        raise AudioError(f"{path}: file not found") from None
+    except Exception as err:  # soundfile raises LibsndfileError / RuntimeError
+        raise AudioError(f"{path}: cannot read audio header ({_reason(err)})") from None
+    return info.frames / info.samplerate, info.samplerate, info.channels
+
+
+def load_audio(
+    path: str | Path, offset: float = 0.0, duration: float | None = None
+) -> torch.Tensor:
+    """Read an audio file (or a segment of it) as a mono 16 kHz float32 waveform.
+
+    Parameters
+    ----------
+    path: any format libsndfile reads (wav, flac, ogg, ...).
+    offset, duration: segment start and length in seconds (``duration=None``: to the end).
+
+    Returns
+    -------
+    torch.Tensor, shape = (n_samples,), values in [-1, 1], sample rate SAMPLE_RATE.
+
+    Raises AudioError naming the file for missing, corrupt, empty or non-finite audio.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: file not found")
+    try:
+        with soundfile.SoundFile(str(path)) as handle:
+            native_rate = handle.samplerate
+            start = int(round(offset * native_rate))
+            if start:
+                handle.seek(start)
+            n_read = -1 if duration is None else int(round(duration * native_rate))
+            samples = handle.read(n_read, dtype="float32", always_2d=True)
+    except Exception as err:
+        raise AudioError(f"{path}: cannot decode audio ({_reason(err)})") from None
+    if samples.shape[0] == 0:
+        raise AudioError(f"{path}: no audio samples" + (f" at offset {offset}s" if offset else ""))
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+    waveform = torch.from_numpy(samples.mean(axis=1))  # downmix: (n_samples,)
+    return resample(waveform, native_rate)
+
+
+def resample(waveform: torch.Tensor, rate: int, target_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Band-limited resampling (torchaudio's windowed sinc); a no-op at the target rate."""
+    if rate == target_rate:
+        return waveform
+    return AF.resample(waveform, rate, target_rate)
+
+
+def spectrogram(waveform: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """DS2 input features.
+
+    Parameters
+    ----------
+    waveform: torch.Tensor, shape = (n_samples,), 16 kHz.
+    normalize: subtract the utterance's mean and divide by its standard deviation,
+        per frequency bin (DS2's per-utterance normalization).
+
+    Returns
+    -------
+    torch.Tensor, shape = (N_FREQ, n_frames) with n_frames = 1 + n_samples // HOP_LENGTH.
+    """
+    if waveform.numel() < N_FFT:  # stft needs one full window; pad very short clips
+        waveform = torch.nn.functional.pad(waveform, (0, N_FFT - waveform.numel()))
+    window = _hamming(waveform.device)
+    stft = torch.stft(
+        waveform,
+        n_fft=N_FFT,
+        hop_length=HOP_LENGTH,
+        window=window,
+        center=True,
+        return_complex=True,
+    )  # (N_FREQ, n_frames)
+    features = torch.log(stft.real.square() + stft.imag.square() + LOG_EPS)
+    if normalize:
+        mean = features.mean(dim=1, keepdim=True)
+        std = features.std(dim=1, keepdim=True)
+        features = (features - mean) / (std + 1e-5)
+    return features
+
+
+def n_frames(n_samples: int) -> int:
+    """Number of spectrogram frames for a waveform of ``n_samples`` (centered STFT)."""
+    return 1 + max(n_samples, N_FFT) // HOP_LENGTH
+
+
+def duration_to_frames(seconds: float) -> int:
+    """Spectrogram frames for ``seconds`` of audio at SAMPLE_RATE."""
+    return n_frames(int(math.floor(seconds * SAMPLE_RATE)))
+
+
+_WINDOWS: dict[torch.device, torch.Tensor] = {}
+
+
+def _hamming(device: torch.device) -> torch.Tensor:
+    if device not in _WINDOWS:
+        _WINDOWS[device] = torch.hamming_window(N_FFT, device=device)
+    return _WINDOWS[device]
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__

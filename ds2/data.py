@@ -1,0 +1,268 @@
+"""Manifests, the training dataset, batching and the SortaGrad sampler.
+
+A manifest is a JSON-lines file, one utterance a line, with NeMo's field names so that
+manifests move between tools::
+
+    {"audio_filepath": "wav/utt1.wav", "duration": 2.31, "text": "the cat sat"}
+
+``offset`` (seconds) marks a segment of a longer file. A relative ``audio_filepath`` is
+relative to the manifest's own folder, so a corpus can be moved as a whole. Other fields
+(``pred_text``, ``speaker``, ...) are kept as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ds2 import audio
+from ds2.text import Alphabet
+
+REQUIRED_FIELDS = ("audio_filepath", "duration", "text")
+
+
+class ManifestError(ValueError):
+    """A manifest line that cannot be used; the message names the file and line."""
+
+
+# --------------------------------------------------------------------------- files
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8"):
+    """Open a temporary file beside ``path``; rename it over ``path`` only on success.
+
+    A crash or an exception leaves the previous ``path`` (if any) untouched and no
+    partial file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        kwargs = {} if "b" in mode else {"encoding": encoding}
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def read_manifest(path: str | Path, resolve_paths: bool = True) -> Iterator[dict]:
+    """Yield the records of a manifest lazily, one dict per non-empty line.
+
+    Each record gets ``line`` (1-based line number, for messages) and, with
+    ``resolve_paths``, an absolute ``audio_filepath``. Raises ManifestError naming
+    ``path:line`` for invalid JSON, missing fields or bad values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"{path}: manifest not found")
+    base = path.parent
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ManifestError(f"{where}: invalid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise ManifestError(f"{where}: expected a JSON object")
+            missing = [key for key in REQUIRED_FIELDS if key not in record]
+            if missing:
+                raise ManifestError(f"{where}: missing field(s) {', '.join(missing)}")
+            try:
+                duration = float(record["duration"])
+                offset = float(record.get("offset", 0.0))
+            except (TypeError, ValueError):
+                raise ManifestError(f"{where}: duration/offset must be numbers") from None
+            if not (math.isfinite(duration) and duration > 0) or offset < 0:
+                raise ManifestError(f"{where}: bad duration {duration} or offset {offset}")
+            if not isinstance(record["text"], str):
+                raise ManifestError(f"{where}: text must be a string")
+            record["duration"] = duration
+            if resolve_paths:
+                audio_path = Path(record["audio_filepath"])
+                if not audio_path.is_absolute():
+                    record["audio_filepath"] = str((base / audio_path).resolve())
+            record["line"] = line_number
+            yield record
+
+
+def write_manifest(path: str | Path, records: Iterable[dict], relative_to_manifest: bool = True) -> int:
+    """Write records as JSON lines, atomically. Returns the number written.
+
+    With ``relative_to_manifest``, audio paths under the manifest's folder are stored
+    relative to it. The bookkeeping field ``line`` is dropped.
+    """
+    path = Path(path)
+    base = path.parent.resolve()
+    count = 0
+    with atomic_write(path) as handle:
+        for record in records:
+            record = {key: value for key, value in record.items() if key != "line"}
+            if relative_to_manifest and "audio_filepath" in record:
+                audio_path = Path(record["audio_filepath"])
+                if audio_path.is_absolute():
+                    with contextlib.suppress(ValueError):
+                        record["audio_filepath"] = str(audio_path.resolve().relative_to(base))
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+@dataclass
+class Example:
+    """One utterance ready for the model."""
+
+    features: torch.Tensor  # shape = (N_FREQ, n_frames)
+    labels: torch.Tensor  # shape = (n_labels,), int64, no blanks
+    index: int  # position in the dataset
+
+
+class SpeechDataset(torch.utils.data.Dataset):
+    """Utterances of a manifest as (features, labels).
+
+    The manifest is read once for the durations and texts (needed to sort and batch);
+    audio is read when an item is asked for. An utterance that cannot be loaded gives
+    ``None`` and its reason is kept in ``self.failures`` (the collate function drops it
+    and the trainer counts it), so one bad file never stops training.
+    """
+
+    def __init__(self, manifest: str | Path, alphabet: Alphabet, max_duration: float | None = None):
+        self.manifest = Path(manifest)
+        self.alphabet = alphabet
+        self.records: list[dict] = []
+        self.skipped: list[str] = []  # reasons for entries dropped when the manifest was read
+        for record in read_manifest(self.manifest):
+            where = f"{self.manifest}:{record['line']}"
+            if max_duration is not None and record["duration"] > max_duration:
+                self.skipped.append(f"{where}: longer than {max_duration}s")
+                continue
+            try:
+                record["labels"] = alphabet.encode(alphabet.normalize(record["text"]))
+            except ValueError as err:
+                self.skipped.append(f"{where}: {err}")
+                continue
+            if not record["labels"]:
+                self.skipped.append(f"{where}: empty transcript")
+                continue
+            self.records.append(record)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def durations(self) -> list[float]:
+        return [record["duration"] for record in self.records]
+
+    def __getitem__(self, index: int) -> Example | tuple[int, str]:
+        record = self.records[index]
+        try:
+            waveform = audio.load_audio(
+                record["audio_filepath"],
+                offset=record.get("offset", 0.0),
+                duration=record["duration"] if "offset" in record else None,
+            )
+        except audio.AudioError as err:
+            return index, f"{self.manifest}:{record['line']}: {err}"
+        features = audio.spectrogram(waveform)
+        return Example(features, torch.tensor(record["labels"], dtype=torch.long), index)
+
+
+@dataclass
+class Batch:
+    """A padded minibatch.
+
+    features: shape = (batch, N_FREQ, max_frames), zero-padded
+    feature_lengths: shape = (batch,), int64
+    labels: shape = (batch, max_labels), zero-padded (0 is the blank, never a label)
+    label_lengths: shape = (batch,), int64
+    indices: dataset positions of the utterances in the batch
+    failures: messages for utterances of this batch that could not be loaded
+    """
+
+    features: torch.Tensor
+    feature_lengths: torch.Tensor
+    labels: torch.Tensor
+    label_lengths: torch.Tensor
+    indices: list[int]
+    failures: list[str]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def collate(items: list) -> Batch:
+    """Pad a list of Examples into a Batch; failed items only add to ``failures``."""
+    examples = [item for item in items if isinstance(item, Example)]
+    failures = [item[1] for item in items if not isinstance(item, Example)]
+    if not examples:
+        empty = torch.zeros(0, dtype=torch.long)
+        return Batch(torch.zeros(0, audio.N_FREQ, 0), empty, torch.zeros(0, 0, dtype=torch.long), empty, [], failures)
+    feature_lengths = torch.tensor([ex.features.shape[1] for ex in examples])
+    label_lengths = torch.tensor([ex.labels.numel() for ex in examples])
+    features = torch.zeros(len(examples), audio.N_FREQ, int(feature_lengths.max()))
+    labels = torch.zeros(len(examples), int(label_lengths.max()), dtype=torch.long)
+    for row, ex in enumerate(examples):
+        features[row, :, : ex.features.shape[1]] = ex.features
+        labels[row, : ex.labels.numel()] = ex.labels
+    return Batch(features, feature_lengths, labels, label_lengths, [ex.index for ex in examples], failures)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def make_batches(durations: list[float], batch_seconds: float, max_batch_size: int) -> list[list[int]]:
+    """Group utterances of similar length into minibatches.
+
+    Utterances are sorted by duration and cut into consecutive groups holding at most
+    ``batch_seconds`` of padded audio (longest utterance x batch size) and at most
+    ``max_batch_size`` utterances. Sorting first keeps padding small.
+
+    Returns the batches in increasing order of their longest utterance, which is the
+    SortaGrad order of DS2's first epoch.
+    """
+    order = sorted(range(len(durations)), key=lambda i: (durations[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        longest = durations[index]  # sorted, so the newcomer is the longest
+        if current and (len(current) + 1 > max_batch_size or (len(current) + 1) * longest > batch_seconds):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def epoch_batch_order(n_batches: int, epoch: int, seed: int, sortagrad: bool = True) -> list[int]:
+    """The order in which an epoch visits the (length-sorted) batches.
+
+    SortaGrad: epoch 0 goes in increasing length; later epochs, and every epoch when
+    ``sortagrad`` is off, in a random order that depends only on (seed, epoch), so a
+    resumed run replays exactly the same order.
+    """
+    order = list(range(n_batches))
+    if epoch == 0 and sortagrad:
+        return order
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
