@@ -142,11 +142,19 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     The manifest is read once for the durations and texts (needed to sort and batch);
     audio is read when an item is asked for. An utterance that cannot be loaded gives
-    ``None`` and its reason is kept in ``self.failures`` (the collate function drops it
-    and the trainer counts it), so one bad file never stops training.
+    ``(index, message)`` instead of an Example (the collate function moves it to
+    ``Batch.failures`` and the trainer counts it), so one bad file never stops training.
     """
 
-    def __init__(self, manifest: str | Path, alphabet: Alphabet, max_duration: float | None = None):
+    def __init__(
+        self,
+        manifest: str | Path,
+        alphabet: Alphabet,
+        max_duration: float | None = None,
+        require_labels: bool = True,
+    ):
+        """``require_labels=False`` (decoding) keeps entries whose text is empty or does
+        not fit the alphabet; their labels are empty."""
         self.manifest = Path(manifest)
         self.alphabet = alphabet
         self.records: list[dict] = []
@@ -159,9 +167,11 @@ class SpeechDataset(torch.utils.data.Dataset):
             try:
                 record["labels"] = alphabet.encode(alphabet.normalize(record["text"]))
             except ValueError as err:
-                self.skipped.append(f"{where}: {err}")
-                continue
-            if not record["labels"]:
+                if require_labels:
+                    self.skipped.append(f"{where}: {err}")
+                    continue
+                record["labels"] = []
+            if not record["labels"] and require_labels:
                 self.skipped.append(f"{where}: empty transcript")
                 continue
             self.records.append(record)
@@ -196,7 +206,7 @@ class Batch:
     labels: shape = (batch, max_labels), zero-padded (0 is the blank, never a label)
     label_lengths: shape = (batch,), int64
     indices: dataset positions of the utterances in the batch
-    failures: messages for utterances of this batch that could not be loaded
+    failures: (dataset index, message) of utterances that could not be loaded
     """
 
     features: torch.Tensor
@@ -204,7 +214,7 @@ class Batch:
     labels: torch.Tensor
     label_lengths: torch.Tensor
     indices: list[int]
-    failures: list[str]
+    failures: list[tuple[int, str]]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -213,7 +223,7 @@ class Batch:
 def collate(items: list) -> Batch:
     """Pad a list of Examples into a Batch; failed items only add to ``failures``."""
     examples = [item for item in items if isinstance(item, Example)]
-    failures = [item[1] for item in items if not isinstance(item, Example)]
+    failures = [item for item in items if not isinstance(item, Example)]
     if not examples:
         empty = torch.zeros(0, dtype=torch.long)
         return Batch(torch.zeros(0, audio.N_FREQ, 0), empty, torch.zeros(0, 0, dtype=torch.long), empty, [], failures)

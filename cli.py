@@ -1,0 +1,268 @@
+"""ds2 command line: parse options, build the dataclasses, call the library. No logic here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    help=(
+        "Deep Speech 2 speech recognition toolkit.\n\n"
+        "Pipeline: `ds2 prepare` makes JSON-lines manifests (audio_filepath, duration, text) "
+        "-> `ds2 train` fits a conv + BatchNorm-RNN model with CTC -> `ds2 decode` writes "
+        "hypotheses (pred_text) beside the references -> `ds2 score` reports WER and CER. "
+        "`ds2 transcribe` prints the text of audio files. See recipes/tiny/run.sh for all of it."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+prepare_app = typer.Typer(
+    help="Make manifests: a synthesized corpus, a LibriSpeech tree, or a folder of audio + .txt files. "
+    "Bad entries go to a .rejects.json manifest beside the output, with the reason.",
+    no_args_is_help=True,
+)
+app.add_typer(prepare_app, name="prepare")
+
+log = logging.getLogger("ds2")
+
+
+def _setup_logging(log_file: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
+
+
+def _friendly_errors(command):
+    """Known input errors become one clear line on stderr and exit status 1, no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from ds2.audio import AudioError
+
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, AudioError, FileNotFoundError) as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _alphabet(alphabet_file: Optional[Path], alphabet_from: Optional[Path]):
+    from ds2.data import read_manifest
+    from ds2.text import Alphabet
+
+    if alphabet_file and alphabet_from:
+        raise ValueError("give --alphabet or --alphabet-from, not both")
+    if alphabet_file:
+        return Alphabet.load(alphabet_file)
+    if alphabet_from:
+        return Alphabet.from_texts(record["text"] for record in read_manifest(alphabet_from))
+    return Alphabet()
+
+
+def _pairs(text: str, name: str) -> tuple:
+    """'41x11,21x11' -> ((41, 11), (21, 11))."""
+    try:
+        return tuple(tuple(int(v) for v in item.split("x")) for item in text.split(","))
+    except ValueError:
+        raise ValueError(f"{name}: expected FxT pairs separated by commas, e.g. 41x11,21x11; got {text!r}") from None
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+@prepare_app.command("synth")
+@_friendly_errors
+def prepare_synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for wav/ and train.json, dev.json, test.json.")],
+    n_train: Annotated[int, typer.Option(help="Training utterances.")] = 2000,
+    n_dev: Annotated[int, typer.Option(help="Dev utterances (unseen sentences and voices).")] = 200,
+    n_test: Annotated[int, typer.Option(help="Test utterances (unseen sentences and voices).")] = 200,
+    seed: Annotated[int, typer.Option(help="Same seed, same corpus.")] = 0,
+):
+    """Synthesize a speech corpus with eSpeak NG (no downloads): grammar-generated sentences,
+    several voices, rates and pitches; dev/test hold sentences and voices unseen in training."""
+    from ds2.synth import SynthConfig, synthesize_corpus
+
+    _setup_logging()
+    paths = synthesize_corpus(out_dir, SynthConfig(n_train=n_train, n_dev=n_dev, n_test=n_test, seed=seed))
+    for split, path in paths.items():
+        typer.echo(f"{split}: {path}")
+
+
+@prepare_app.command("librispeech")
+@_friendly_errors
+def prepare_librispeech(
+    root: Annotated[Path, typer.Argument(help="A LibriSpeech split: speaker/chapter/*.flac + *.trans.txt.")],
+    manifest: Annotated[Path, typer.Argument(help="Output manifest (JSON lines).")],
+    alphabet: Annotated[Optional[Path], typer.Option(help="Alphabet JSON to check texts against (default: English).")] = None,
+    any_characters: Annotated[bool, typer.Option(help="Do not check characters against an alphabet.")] = False,
+    jobs: Annotated[int, typer.Option(help="Processes reading audio.")] = 1,
+):
+    """Manifest of a LibriSpeech-layout tree; unusable entries go to MANIFEST's .rejects.json."""
+    from ds2.prepare import prepare_librispeech as run
+
+    _setup_logging()
+    result = run(root, manifest, None if any_characters else _alphabet(alphabet, None), jobs)
+    typer.echo(f"{result.manifest}: {result.n_accepted} utterances, {result.hours:.2f} h; {result.n_rejected} rejected -> {result.rejects}")
+
+
+@prepare_app.command("folder")
+@_friendly_errors
+def prepare_folder(
+    root: Annotated[Path, typer.Argument(help="Folder tree of audio files with same-name .txt transcripts.")],
+    manifest: Annotated[Path, typer.Argument(help="Output manifest (JSON lines).")],
+    alphabet: Annotated[Optional[Path], typer.Option(help="Alphabet JSON to check texts against (default: English).")] = None,
+    any_characters: Annotated[bool, typer.Option(help="Do not check characters against an alphabet.")] = False,
+    jobs: Annotated[int, typer.Option(help="Processes reading audio.")] = 1,
+):
+    """Manifest of audio files beside .txt transcripts; unusable entries go to MANIFEST's .rejects.json."""
+    from ds2.prepare import prepare_folder as run
+
+    _setup_logging()
+    result = run(root, manifest, None if any_characters else _alphabet(alphabet, None), jobs)
+    typer.echo(f"{result.manifest}: {result.n_accepted} utterances, {result.hours:.2f} h; {result.n_rejected} rejected -> {result.rejects}")
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command()
+@_friendly_errors
+def train(
+    train_manifest: Annotated[Path, typer.Argument(help="Training manifest.")],
+    dev_manifest: Annotated[Path, typer.Argument(help="Dev manifest: picks the best checkpoint.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Run folder: checkpoints, logs, curves.png.")],
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Most utterances per minibatch.")] = 32,
+    batch_seconds: Annotated[float, typer.Option(help="Most padded audio seconds per minibatch (0: no limit).")] = 0.0,
+    max_duration: Annotated[Optional[float], typer.Option(help="Skip utterances longer than this (s).")] = None,
+    optimizer: Annotated[str, typer.Option(help="sgd (Nesterov momentum, DS2) or adam.")] = "sgd",
+    lr: Annotated[float, typer.Option(help="Learning rate of the first epoch.")] = 3e-4,
+    momentum: Annotated[float, typer.Option(help="Nesterov momentum (sgd).")] = 0.99,
+    anneal: Annotated[float, typer.Option(help="Divide the learning rate by this after each epoch.")] = 1.2,
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 0.0,
+    grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this.")] = 400.0,
+    sortagrad: Annotated[bool, typer.Option(help="First epoch in increasing length order (SortaGrad).")] = True,
+    conv_layers: Annotated[int, typer.Option(help="2D convolution layers (1-3).")] = 2,
+    conv_channels: Annotated[str, typer.Option(help="Channels per conv layer.")] = "32,32,96",
+    conv_kernels: Annotated[str, typer.Option(help="Filter sizes, frequency x time (DS2's).")] = "41x11,21x11,21x11",
+    conv_strides: Annotated[str, typer.Option(help="Strides, frequency x time.")] = "2x2,2x1,2x1",
+    rnn_type: Annotated[str, typer.Option(help="gru or rnn (simple ReLU RNN).")] = "gru",
+    rnn_layers: Annotated[int, typer.Option(help="Recurrent layers.")] = 3,
+    rnn_hidden: Annotated[int, typer.Option(help="Units per recurrent layer.")] = 256,
+    bidirectional: Annotated[bool, typer.Option(help="Bidirectional (summed) or forward-only recurrent layers.")] = True,
+    batch_norm: Annotated[bool, typer.Option(help="Sequence-wise BatchNorm (DS2).")] = True,
+    lookahead: Annotated[int, typer.Option(help="Row convolution future steps tau (forward-only models).")] = 0,
+    fc_hidden: Annotated[int, typer.Option(help="Units of the fully connected layer.")] = 256,
+    alphabet: Annotated[Optional[Path], typer.Option(help="Alphabet JSON (default: English a-z, space, apostrophe).")] = None,
+    alphabet_from: Annotated[Optional[Path], typer.Option(help="Build the alphabet from this manifest's texts (any language).")] = None,
+    ctc: Annotated[str, typer.Option(help="CTC backend.")] = "torch",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    num_workers: Annotated[int, typer.Option(help="Data loading processes.")] = 1,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads (0: default).")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Save last.pt every N steps (and every epoch).")] = 200,
+    max_steps: Annotated[int, typer.Option(help="Stop after N optimizer steps in total (0: no limit).")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue OUT_DIR/last.pt exactly where it stopped.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+):
+    """Train a DS2 model with CTC: SortaGrad, Nesterov SGD with gradient clipping and per-epoch
+    annealing, best-on-dev checkpoint (best.pt), exact --resume from last.pt."""
+    from ds2.model import ModelConfig
+    from ds2.train import TrainConfig, train as run
+
+    _setup_logging(out_dir / "train.log")
+    model = ModelConfig(
+        conv_layers=conv_layers,
+        conv_channels=tuple(int(c) for c in conv_channels.split(",")),
+        conv_kernels=_pairs(conv_kernels, "--conv-kernels"),
+        conv_strides=_pairs(conv_strides, "--conv-strides"),
+        rnn_type=rnn_type,
+        rnn_layers=rnn_layers,
+        rnn_hidden=rnn_hidden,
+        bidirectional=bidirectional,
+        batch_norm=batch_norm,
+        lookahead=lookahead,
+        fc_hidden=fc_hidden,
+    )
+    config = TrainConfig(
+        train_manifest=str(train_manifest), dev_manifest=str(dev_manifest), out_dir=str(out_dir),
+        epochs=epochs, batch_size=batch_size, batch_seconds=batch_seconds, max_duration=max_duration,
+        optimizer=optimizer, lr=lr, momentum=momentum, anneal=anneal, weight_decay=weight_decay,
+        grad_clip=grad_clip, sortagrad=sortagrad, seed=seed, num_workers=num_workers, ctc_backend=ctc,
+        device=device, checkpoint_every=checkpoint_every, max_steps=max_steps, threads=threads,
+        resume=resume, progress=progress, model=model,
+    )
+    run(config, None if resume else _alphabet(alphabet, alphabet_from))
+
+
+# --------------------------------------------------------------------------- decode, transcribe, score
+
+
+@app.command()
+@_friendly_errors
+def decode(
+    checkpoint: Annotated[Path, typer.Argument(help="Model checkpoint (best.pt).")],
+    manifest: Annotated[Path, typer.Argument(help="Manifest to decode.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output manifest: the input records plus pred_text.")],
+    batch_size: Annotated[int, typer.Option(help="Utterances per forward pass.")] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    num_workers: Annotated[int, typer.Option(help="Data loading processes.")] = 1,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+):
+    """Greedy (best-path) decoding of a manifest; writes its records with pred_text added."""
+    from ds2.decode import DecodingOptions, decode_manifest
+
+    _setup_logging()
+    options = DecodingOptions(batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)
+    count = decode_manifest(checkpoint, manifest, output, options)
+    typer.echo(f"{output}: {count} hypotheses")
+
+
+@app.command()
+@_friendly_errors
+def transcribe(
+    checkpoint: Annotated[Path, typer.Argument(help="Model checkpoint.")],
+    files: Annotated[list[Path], typer.Argument(help="Audio files (any rate, mono or stereo).")],
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+):
+    """Print the text of each audio file, one line each, in the order given."""
+    from ds2.decode import transcribe as run
+
+    for text in run(checkpoint, files, device):
+        typer.echo(text)
+
+
+@app.command()
+@_friendly_errors
+def score(
+    hypotheses: Annotated[Path, typer.Argument(help="Manifest with reference (text) and hypothesis (pred_text) fields.")],
+    ref_field: Annotated[str, typer.Option(help="Field holding the reference.")] = "text",
+    hyp_field: Annotated[str, typer.Option(help="Field holding the hypothesis.")] = "pred_text",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON here.")] = None,
+):
+    """WER and CER with correct/substitution/deletion/insertion counts (sclite's alignment)."""
+    from ds2.data import atomic_write
+    from ds2.metrics import score_manifest
+
+    report = score_manifest(hypotheses, ref_field=ref_field, hyp_field=hyp_field)
+    typer.echo(report.format())
+    if json_out:
+        with atomic_write(json_out) as handle:
+            json.dump(report.to_dict(), handle, indent=2)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up ds2 in ./.venv: a virtual environment with ds2 (editable) and its dependencies.
+# Safe to re-run: it reinstalls only when setup.cfg or this script changed.
+#   bash scripts/setup.sh            # runtime dependencies
+#   bash scripts/setup.sh --test     # plus pytest and NIST sclite (Debian package sctk)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+log() { echo "$(date '+%H:%M:%S') [setup] $*"; }
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv with $($python --version)"
+  $python -m venv .venv
+fi
+
+stamp=.venv/.ds2-setup
+digest=$(cat setup.cfg pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)-$want_test
+if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ] || ! .venv/bin/python -c "import ds2, cli" 2>/dev/null; then
+  log "installing ds2 and its dependencies (torch 2.11 + torchaudio 2.11: a few GB the first time)"
+  .venv/bin/python -m pip install -q --upgrade pip wheel
+  extras=""
+  [ $want_test = 1 ] && extras="[test]"
+  .venv/bin/python -m pip install -q -e ".$extras"
+  echo "$digest" > "$stamp"
+else
+  log ".venv is up to date"
+fi
+
+if [ $want_test = 1 ] && [ ! -x /usr/lib/sctk/bin/sclite ]; then
+  # sclite is the reference scorer the WER/CER tests compare against.
+  sudo=""
+  [ "$(id -u)" != 0 ] && command -v sudo >/dev/null && sudo="sudo"
+  if command -v apt-get >/dev/null; then
+    log "installing NIST sclite (Debian package sctk)"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq sctk >/dev/null
+  else
+    log "warning: no apt-get; install NIST sclite (sctk) by hand or the sclite test will be skipped"
+  fi
+fi
