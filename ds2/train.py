@@ -264,6 +264,9 @@ def evaluate(model: DeepSpeech2, dataset: SpeechDataset, device, backend: str, b
     batches = make_batches(dataset.durations, math.inf, batch_size)
     loss_sum, n_loss, pairs = 0.0, 0, []
     for batch in make_loader(dataset, batches, num_workers):
+        for index, message in batch.failures:  # unreadable audio scores as all deletions
+            log.warning("dev: %s", message)
+            pairs.append((dataset.alphabet.normalize(dataset.records[index]["text"]), ""))
         if not len(batch):
             continue
         logits, output_lengths = model(batch.features.to(device), batch.feature_lengths.to(device))
