@@ -1,0 +1,268 @@
+"""The eSpeak NG corpus: real synthesis, small sizes."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from ds2 import audio, synth
+from ds2.data import read_manifest
+from ds2.synth import ENGLISH_VOICES, SynthConfig, generate_sentences, synthesize, synthesize_corpus
+from ds2.text import Alphabet
+
+SENTENCE = "the old farmer carried seven heavy baskets to the market"
+TINY = dict(n_train=12, n_dev=4, n_test=4)
+
+
+def voicing(waveform: torch.Tensor, rate: int = audio.SAMPLE_RATE) -> float:
+    """Median peak of the normalized autocorrelation (60-400 Hz lags) over loud 40 ms frames.
+
+    Voiced speech is periodic (~0.5-0.9); whispered or noise-like speech is not (~0.2).
+    """
+    x = waveform.double().numpy()
+    frame, hop = int(0.04 * rate), int(0.01 * rate)
+    loudness_floor = 0.1 * np.sqrt(np.mean(x**2))
+    peaks = []
+    for start in range(0, len(x) - frame, hop):
+        f = x[start : start + frame] - x[start : start + frame].mean()
+        if np.sqrt(np.mean(f**2)) < loudness_floor:
+            continue
+        ac = np.correlate(f, f, "full")[frame - 1 :]
+        peaks.append(ac[rate // 400 : rate // 60].max() / ac[0])
+    return float(np.median(peaks))
+
+
+def duration(waveform: torch.Tensor) -> float:
+    return waveform.numel() / audio.SAMPLE_RATE
+
+
+# --------------------------------------------------------------------------- synthesize
+
+
+def test_synthesize_gives_speech_like_16khz_audio():
+    waveform = synthesize(SENTENCE, "en-us", rate=175, pitch=50)
+    assert waveform.dtype == torch.float32 and waveform.ndim == 1
+    assert torch.isfinite(waveform).all()
+    assert waveform.abs().max() <= 1.0
+    rms = waveform.square().mean().sqrt().item()
+    assert rms > 0.02  # not silence
+    assert 2.0 < duration(waveform) < 5.0  # 10 words at 175 words per minute: ~3.4 s
+    # Resampled from eSpeak's 22050 Hz: same length in seconds, 16000/22050 the samples.
+    native_rate = synth.native_sample_rate()
+    assert native_rate == 22050
+    with synth._ENGINE_LOCK:
+        native = synth._engine().speak(SENTENCE, "en-us", rate=175, pitch=50)
+    assert abs(waveform.numel() - len(native) * audio.SAMPLE_RATE / native_rate) <= 1
+
+
+def test_duration_grows_with_text_and_shrinks_with_rate():
+    short = synthesize("the cat sat", "en-us", rate=175, pitch=50)
+    long = synthesize(SENTENCE, "en-us", rate=175, pitch=50)
+    fast = synthesize(SENTENCE, "en-us", rate=300, pitch=50)
+    slow = synthesize(SENTENCE, "en-us", rate=100, pitch=50)
+    assert duration(long) > 2 * duration(short)
+    assert duration(slow) > 1.8 * duration(fast)
+    assert duration(slow) > duration(long) > duration(fast)
+
+
+def test_synthesize_depends_only_on_its_arguments():
+    # eSpeak keeps state between utterances; each call must start from scratch.
+    first = synthesize(SENTENCE, "en-us+f3", rate=160, pitch=40)
+    synthesize("something else entirely", "en+m2", rate=210, pitch=70)
+    again = synthesize(SENTENCE, "en-us+f3", rate=160, pitch=40)
+    assert torch.equal(first, again)
+
+
+def test_pitch_changes_the_audio():
+    low = synthesize(SENTENCE, "en-us+m3", rate=175, pitch=30)
+    high = synthesize(SENTENCE, "en-us+m3", rate=175, pitch=70)
+    assert low.numel() != high.numel() or not torch.equal(low, high)
+
+
+@pytest.mark.parametrize("voice", ["en-us+nosuchvariant", "xx-nosuchlanguage"])
+def test_unknown_voice_is_an_error(voice):
+    with pytest.raises(ValueError, match="unknown eSpeak voice"):
+        synthesize("hello", voice, rate=175, pitch=50)
+
+
+@pytest.mark.parametrize(
+    "text, rate, pitch", [("   ", 175, 50), ("hello", 40, 50), ("hello", 175, 101)]
+)
+def test_bad_arguments_are_errors(text, rate, pitch):
+    with pytest.raises(ValueError):
+        synthesize(text, "en-us", rate=rate, pitch=pitch)
+
+
+# --------------------------------------------------------------------------- voices
+
+
+def all_voices() -> list[str]:
+    config = SynthConfig()
+    return list(config.resolved_voices("train") + config.resolved_voices("dev"))
+
+
+def test_voice_partition_is_disjoint_down_to_the_variant():
+    config = SynthConfig()
+    train, heldout = config.resolved_voices("train"), config.resolved_voices("test")
+    assert len(train) >= 10 and len(heldout) >= 3
+    assert len(set(train)) == len(train) and len(set(heldout)) == len(heldout)
+    variants = lambda voices: {voice.partition("+")[2] for voice in voices}  # noqa: E731
+    assert not variants(train) & variants(heldout)
+    assert config.resolved_voices("dev") == config.resolved_voices("test")
+    assert all(v.startswith("en") for v in train + heldout)
+    assert "+m3" in ENGLISH_VOICES.train and "en-us+m3" in train  # bare variants take config.language
+
+
+def test_every_voice_speaks_with_a_clear_voice():
+    """All partition voices give voiced speech of ordinary length; a whisper does not."""
+    durations = {}
+    for voice in all_voices():
+        waveform = synthesize(SENTENCE, voice, rate=175, pitch=50)
+        assert waveform.abs().max() < 0.999, f"{voice} clips"
+        assert voicing(waveform) > 0.45, f"{voice} is not clearly voiced"
+        durations[voice] = duration(waveform)
+    median = float(np.median(list(durations.values())))
+    for voice, seconds in durations.items():
+        assert 0.75 * median < seconds < 1.33 * median, f"{voice}: {seconds:.2f}s vs median {median:.2f}s"
+    # The check can fail: the whispering variant left out of the partition does.
+    assert voicing(synthesize(SENTENCE, "en-us+whisper", rate=175, pitch=50)) < 0.45
+
+
+def test_config_rejects_a_variant_in_both_groups():
+    with pytest.raises(ValueError, match="both train and held-out"):
+        SynthConfig(heldout_voices=("en-gb-x-rp+m1",))  # "+m1" is a training voice
+    with pytest.raises(ValueError):
+        SynthConfig(rate_range=(200, 150))
+    with pytest.raises(ValueError):
+        SynthConfig(pitch_range=(20, 120))
+    with pytest.raises(ValueError):
+        SynthConfig(min_words=5, max_words=4)
+
+
+# --------------------------------------------------------------------------- sentences
+
+
+@pytest.mark.parametrize("min_words, max_words", [(3, 12), (1, 4), (8, 8), (10, 20)])
+def test_sentences_respect_the_word_range_and_the_alphabet(min_words, max_words):
+    sentences = generate_sentences(300, random.Random(1), min_words, max_words)
+    alphabet = Alphabet()
+    assert len(sentences) == len(set(sentences)) == 300
+    for sentence in sentences:
+        assert min_words <= len(sentence.split()) <= max_words
+        assert sentence == alphabet.normalize(sentence)
+        alphabet.encode(sentence)  # raises on any character outside a-z, space, apostrophe
+    # Every length the grammar can make (two words and up) is there, not only the easy ones.
+    lengths = {len(s.split()) for s in sentences}
+    assert lengths == set(range(max(min_words, 2), max_words + 1))
+
+
+def test_sentences_use_a_real_vocabulary():
+    sentences = generate_sentences(2000, random.Random(0), 3, 12)
+    words = Counter(word for sentence in sentences for word in sentence.split())
+    assert 300 < len(words) < 2000
+    assert {"the", "twenty", "o'clock", "didn't", "where"} <= set(words)
+    assert any(sentence.endswith(" dollars") for sentence in sentences)  # numbers spelled out
+
+
+def test_exclude_is_respected():
+    taken = set(generate_sentences(200, random.Random(7), 3, 6))
+    # The same random state would give the same sentences again, unless excluded.
+    assert set(generate_sentences(200, random.Random(7), 3, 6)) == taken
+    fresh = generate_sentences(200, random.Random(7), 3, 6, exclude=taken)
+    assert len(fresh) == 200 and not set(fresh) & taken
+
+
+def test_sentences_are_reproducible_and_seed_dependent():
+    assert generate_sentences(50, random.Random(3), 3, 12) == generate_sentences(50, random.Random(3), 3, 12)
+    assert generate_sentences(50, random.Random(3), 3, 12) != generate_sentences(50, random.Random(4), 3, 12)
+
+
+def test_impossible_requests_are_errors():
+    with pytest.raises(RuntimeError, match="distinct sentences"):
+        generate_sentences(1, random.Random(0), 1, 1)  # the grammar has no one-word sentence
+    with pytest.raises(ValueError):
+        generate_sentences(5, random.Random(0), 0, 3)
+
+
+@pytest.mark.parametrize(
+    "n, words",
+    [(0, "zero"), (7, "seven"), (13, "thirteen"), (40, "forty"), (42, "forty two"),
+     (100, "one hundred"), (305, "three hundred and five"), (999, "nine hundred and ninety nine")],
+)  # fmt: skip
+def test_number_words(n, words):
+    assert synth.number_words(n) == words
+
+
+def test_questions_are_spoken_as_questions():
+    assert synth.spoken_form("where is the red box") == "where is the red box?"
+    assert synth.spoken_form("the dog ran") == "the dog ran."
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("synth")
+    config = SynthConfig(seed=5, **TINY)
+    return out_dir, config, synthesize_corpus(out_dir, config, progress=False)
+
+
+def records(manifests) -> dict[str, list[dict]]:
+    return {split: list(read_manifest(path)) for split, path in manifests.items()}
+
+
+def test_corpus_layout_and_durations(corpus):
+    out_dir, config, manifests = corpus
+    assert set(manifests) == {"train", "dev", "test"}
+    by_split = records(manifests)
+    for split, split_records in by_split.items():
+        assert manifests[split] == out_dir / f"{split}.json"
+        assert len(split_records) == config.n_utterances(split)
+        for record in split_records:
+            info = soundfile.info(record["audio_filepath"])
+            assert record["audio_filepath"].startswith(str((out_dir / "wav" / split).resolve()))
+            assert (info.samplerate, info.channels, info.subtype) == (audio.SAMPLE_RATE, 1, "PCM_16")
+            assert record["duration"] == pytest.approx(info.frames / info.samplerate, abs=1e-9)
+            assert 0.3 < record["duration"] < 15
+            Alphabet().encode(record["text"])
+            assert config.min_words <= len(record["text"].split()) <= config.max_words
+            assert record["speaker"] == record["voice"]
+            assert config.rate_range[0] <= record["rate"] <= config.rate_range[1]
+            assert config.pitch_range[0] <= record["pitch"] <= config.pitch_range[1]
+    # Paths are stored relative to the manifest, so the corpus can be moved.
+    assert manifests["train"].read_text().startswith('{"audio_filepath": "wav/train/train_00000.wav"')
+
+
+def test_dev_and_test_are_unseen_sentences_and_voices(corpus):
+    _, config, manifests = corpus
+    by_split = records(manifests)
+    texts = {split: {r["text"] for r in rs} for split, rs in by_split.items()}
+    voices = {split: [r["voice"] for r in rs] for split, rs in by_split.items()}
+    assert not texts["train"] & (texts["dev"] | texts["test"])
+    assert not texts["dev"] & texts["test"]
+    assert not set(voices["train"]) & (set(voices["dev"]) | set(voices["test"]))
+    assert set(voices["train"]) <= set(config.resolved_voices("train"))
+    assert set(voices["dev"]) | set(voices["test"]) <= set(config.resolved_voices("dev"))
+    # Voices are dealt out evenly: 12 utterances over 16 voices, 4 over 4.
+    assert max(Counter(voices["train"]).values()) == 1
+    assert sorted(voices["dev"]) == sorted(config.resolved_voices("dev"))
+    assert len(set(r["rate"] for r in by_split["train"])) > 3  # rate varies per utterance
+
+
+def test_corpus_is_byte_identical_for_a_seed(corpus, tmp_path):
+    out_dir, config, manifests = corpus
+    # In this process rather than in forked workers: the bytes must not depend on that.
+    again = synthesize_corpus(tmp_path / "again", config, progress=False, workers=1)
+    for split in manifests:
+        assert again[split].read_bytes() == manifests[split].read_bytes()
+    for name in ("train/train_00000.wav", "dev/dev_00003.wav"):
+        assert (tmp_path / "again" / "wav" / name).read_bytes() == (out_dir / "wav" / name).read_bytes()
+    other = synthesize_corpus(tmp_path / "other", SynthConfig(seed=6, **TINY), progress=False)
+    for split in manifests:
+        assert other[split].read_bytes() != manifests[split].read_bytes()
