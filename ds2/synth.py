@@ -831,10 +831,12 @@ def _plan(config: SynthConfig) -> dict[str, list[dict]]:
 
 
 def _render(job: tuple[str, str, int, int, str]) -> int:
-    """Synthesize one utterance and write its wav; returns its length in samples."""
+    """Synthesize one utterance, write its wav and its transcript beside it (same name,
+    .txt: the folder layout `ds2 prepare folder` reads); returns its length in samples."""
     text, voice, rate, pitch, path = job
     waveform = synthesize(spoken_form(text), voice, rate, pitch)
     soundfile.write(path, waveform.numpy(), audio.SAMPLE_RATE, subtype="PCM_16")
+    Path(path).with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
     return waveform.numel()
 
 
@@ -860,7 +862,8 @@ def synthesize_corpus(
 ) -> dict[str, Path]:
     """Synthesize train/dev/test and write their audio and manifests.
 
-    Writes ``out_dir/wav/<split>/<utt_id>.wav`` (16 kHz mono PCM_16) and
+    Writes ``out_dir/wav/<split>/<utt_id>.wav`` (16 kHz mono PCM_16) with its transcript
+    in ``<utt_id>.txt`` beside it, and
     ``out_dir/<split>.json`` (JSON lines: ``audio_filepath`` relative to ``out_dir``,
     ``duration`` in seconds, ``text``, and ``voice``, ``speaker`` (= the voice), ``rate``
     (words per minute), ``pitch`` (0-100)). Everything is decided by ``config`` before

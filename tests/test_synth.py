@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,6 +232,8 @@ def test_corpus_layout_and_durations(corpus):
             assert record["duration"] == pytest.approx(info.frames / info.samplerate, abs=1e-9)
             assert 0.3 < record["duration"] < 15
             Alphabet().encode(record["text"])
+            transcript = Path(record["audio_filepath"]).with_suffix(".txt")
+            assert transcript.read_text(encoding="utf-8") == record["text"] + "\n"
             assert config.min_words <= len(record["text"].split()) <= config.max_words
             assert record["speaker"] == record["voice"]
             assert config.rate_range[0] <= record["rate"] <= config.rate_range[1]
