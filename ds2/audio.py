@@ -60,6 +60,8 @@ def load_audio(
     path = Path(path)
     if not path.exists():
         raise AudioError(f"{path}: file not found")
+    if path.is_file() and path.stat().st_size == 0:  # libsndfile would only say "format not recognised"
+        raise AudioError(f"{path}: empty file (0 bytes)")
     try:
         with soundfile.SoundFile(str(path)) as handle:
             native_rate = handle.samplerate
@@ -100,7 +102,7 @@ def spectrogram(waveform: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """
     if waveform.numel() < N_FFT:  # stft needs one full window; pad very short clips
         waveform = torch.nn.functional.pad(waveform, (0, N_FFT - waveform.numel()))
-    window = _hamming(waveform.device)
+    window = _hamming(waveform.device, waveform.dtype)
     stft = torch.stft(
         waveform,
         n_fft=N_FFT,
@@ -127,13 +129,15 @@ def duration_to_frames(seconds: float) -> int:
     return n_frames(int(math.floor(seconds * SAMPLE_RATE)))
 
 
-_WINDOWS: dict[torch.device, torch.Tensor] = {}
+_WINDOWS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
 
-def _hamming(device: torch.device) -> torch.Tensor:
-    if device not in _WINDOWS:
-        _WINDOWS[device] = torch.hamming_window(N_FFT, device=device)
-    return _WINDOWS[device]
+def _hamming(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Keyed by dtype too: a window made under another default dtype would change the
+    # dtype of every later spectrogram.
+    if (device, dtype) not in _WINDOWS:
+        _WINDOWS[device, dtype] = torch.hamming_window(N_FFT, device=device, dtype=dtype)
+    return _WINDOWS[device, dtype]
 
 
 def _reason(err: Exception) -> str:

@@ -30,6 +30,12 @@ from ds2.text import Alphabet
 REQUIRED_FIELDS = ("audio_filepath", "duration", "text")
 
 
+# The process umask, read once (os.umask can only be read by setting it, which is not
+# thread-safe): files written through atomic_write get the permissions open() would give.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 class ManifestError(ValueError):
     """A manifest line that cannot be used; the message names the file and line."""
 
@@ -48,6 +54,7 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would
         kwargs = {} if "b" in mode else {"encoding": encoding}
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -90,11 +97,13 @@ def read_manifest(path: str | Path, resolve_paths: bool = True) -> Iterator[dict
                 offset = float(record.get("offset", 0.0))
             except (TypeError, ValueError):
                 raise ManifestError(f"{where}: duration/offset must be numbers") from None
-            if not (math.isfinite(duration) and duration > 0) or offset < 0:
+            if not (math.isfinite(duration) and duration > 0) or not (math.isfinite(offset) and offset >= 0):
                 raise ManifestError(f"{where}: bad duration {duration} or offset {offset}")
             if not isinstance(record["text"], str):
                 raise ManifestError(f"{where}: text must be a string")
             record["duration"] = duration
+            if "offset" in record:
+                record["offset"] = offset
             if resolve_paths:
                 audio_path = Path(record["audio_filepath"])
                 if not audio_path.is_absolute():

@@ -81,10 +81,16 @@ def write_checked(
     jobs: int = 1,
     progress: bool = True,
 ) -> PrepareResult:
-    """Check candidates (in ``jobs`` processes) and write the manifest and rejects."""
+    """Check candidates (in ``jobs`` processes) and write the manifest and rejects.
+
+    ``jobs > 1`` starts the workers with spawn, so a script that calls this needs the
+    usual ``if __name__ == "__main__":`` guard.
+    """
     candidates = list(candidates)
     if jobs > 1:
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        # spawn, not fork: a child forked after the parent ran torch's OpenMP kernels
+        # (e.g. resampling in an earlier prepare call) hangs in its first parallel op.
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
             results = pool.starmap(check_candidate, [(c, alphabet) for c in candidates], chunksize=16)
     else:
         iterator = tqdm(candidates, disable=not progress, desc="check", unit="file")
@@ -105,7 +111,7 @@ def write_checked(
 def _read_text(path: Path) -> tuple[str | None, str | None]:
     """(text, problem) of a transcript file."""
     try:
-        return path.read_bytes().decode("utf-8"), None
+        return path.read_bytes().decode("utf-8-sig"), None  # -sig: a BOM is not text
     except UnicodeDecodeError as err:
         return None, f"{path}: transcript is not UTF-8 (byte {err.start})"
     except OSError as err:
@@ -134,7 +140,18 @@ def librispeech_candidates(root: str | Path) -> list[Candidate]:
             candidates.append(Candidate(str(audio_path.resolve()), text, source, problem))
     if not candidates:
         raise ValueError(f"{root}: no *.trans.txt transcripts found (expected speaker/chapter/*.trans.txt)")
+    # Audio no transcript line names is rejected too, unless its folder's transcript could
+    # not be read at all (that reject already covers it).
+    listed = {candidate.audio_filepath for candidate in candidates}
+    unreadable = {Path(candidate.source).parent for candidate in candidates if candidate.text is None}
+    for path in _audio_files(root):
+        if str(path.resolve()) not in listed and path.parent not in unreadable:
+            candidates.append(Candidate(str(path.resolve()), None, str(path), f"{path}: no line for it in a *.trans.txt"))
     return candidates
+
+
+def _audio_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
 
 
 def folder_candidates(root: str | Path) -> list[Candidate]:
@@ -144,7 +161,7 @@ def folder_candidates(root: str | Path) -> list[Candidate]:
         raise ValueError(f"{root}: not a directory")
     candidates = []
     audio_stems = set()
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()):
+    for path in _audio_files(root):
         audio_stems.add(path.with_suffix(""))
         transcript = path.with_suffix(".txt")
         if not transcript.exists():

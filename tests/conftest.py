@@ -1,0 +1,57 @@
+"""Small real audio for the data-pipeline tests: written with soundfile into tmp_path."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+
+def tone(frequency: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
+    """A sine, shape = (round(seconds * rate),), float32."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    return (amplitude * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+
+
+def sweep(seconds: float, rate: int, low: float = 200.0, high: float = 3000.0) -> np.ndarray:
+    """A linear chirp from ``low`` to ``high`` Hz, float32 in [-0.5, 0.5]."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    phase = 2 * np.pi * (low * t + (high - low) * t**2 / (2 * seconds))
+    return (0.5 * np.sin(phase)).astype(np.float32)
+
+
+def noise_burst(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
+    """Gaussian noise with a raised-cosine envelope, float32."""
+    n = int(round(seconds * rate))
+    envelope = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / max(n - 1, 1))
+    return (0.2 * envelope * np.random.default_rng(seed).standard_normal(n)).astype(np.float32)
+
+
+def write_audio(path: Path, samples: np.ndarray, rate: int, subtype: str | None = None) -> Path:
+    """Write ``samples`` (n,) or (n, channels) to ``path``; creates parent folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), samples, rate, subtype=subtype)
+    return path
+
+
+@pytest.fixture
+def float32_default():
+    """Run under torch's usual default dtype even if another test module changed it."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def restore_logging():
+    """The CLI reconfigures the root logger (basicConfig force=True); put it back after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
