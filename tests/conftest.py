@@ -38,13 +38,16 @@ def write_audio(path: Path, samples: np.ndarray, rate: int, subtype: str | None 
     return path
 
 
-@pytest.fixture
-def float32_default():
-    """Run under torch's usual default dtype even if another test module changed it."""
-    previous = torch.get_default_dtype()
+@pytest.fixture(autouse=True)
+def _float32_default():
+    """Every test starts with torch's usual default dtype.
+
+    A module that sets another default at import time (collection) would otherwise set
+    it for every test that runs before its own; a module's own autouse fixture still
+    runs after this one and wins for that module's tests.
+    """
     torch.set_default_dtype(torch.float32)
     yield
-    torch.set_default_dtype(previous)
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from conftest import noise_burst, sweep, tone, write_audio
 from ds2 import audio
 from ds2.audio import HOP_LENGTH, N_FREQ, SAMPLE_RATE, AudioError, load_audio, spectrogram
 
-pytestmark = pytest.mark.usefixtures("float32_default")
-
 BIN_HZ = SAMPLE_RATE / audio.N_FFT  # 50 Hz between spectrogram bins
 
 

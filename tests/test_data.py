@@ -23,8 +23,6 @@ from ds2.data import (
 )
 from ds2.text import Alphabet
 
-pytestmark = pytest.mark.usefixtures("float32_default")
-
 
 def _lines(path, records):
     """Write manifest lines as given: dicts as JSON, strings verbatim."""
