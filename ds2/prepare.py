@@ -11,12 +11,14 @@ names the file. Nothing is dropped silently.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from ds2 import audio
@@ -81,20 +83,16 @@ def write_checked(
     jobs: int = 1,
     progress: bool = True,
 ) -> PrepareResult:
-    """Check candidates (in ``jobs`` processes) and write the manifest and rejects.
-
-    ``jobs > 1`` starts the workers with spawn, so a script that calls this needs the
-    usual ``if __name__ == "__main__":`` guard.
-    """
+    """Check candidates (in ``jobs`` forked processes) and write the manifest and rejects."""
     candidates = list(candidates)
-    if jobs > 1:
-        # spawn, not fork: a child forked after the parent ran torch's OpenMP kernels
-        # (e.g. resampling in an earlier prepare call) hangs in its first parallel op.
-        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-            results = pool.starmap(check_candidate, [(c, alphabet) for c in candidates], chunksize=16)
-    else:
-        iterator = tqdm(candidates, disable=not progress, desc="check", unit="file")
-        results = [check_candidate(c, alphabet) for c in iterator]
+    tasks = [(c, alphabet) for c in candidates]
+    with contextlib.ExitStack() as stack:
+        if jobs > 1:
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(jobs, initializer=_init_worker))
+            checked = pool.imap(_check_task, tasks, chunksize=16)  # keeps the order of candidates
+        else:
+            checked = map(_check_task, tasks)
+        results = list(tqdm(checked, total=len(tasks), disable=not progress, desc="check", unit="file"))
     accepted = [r for r in results if "reason" not in r]
     rejected = [r for r in results if "reason" in r]
     for record in rejected:
@@ -106,6 +104,17 @@ def write_checked(
     hours = sum(r["duration"] for r in accepted) / 3600
     log.info("%s: %d utterances (%.2f h); %d rejected -> %s", manifest, len(accepted), hours, len(rejected), rejects)
     return PrepareResult(manifest, rejects, len(accepted), len(rejected), hours)
+
+
+def _check_task(task: tuple[Candidate, Alphabet | None]) -> dict:
+    return check_candidate(*task)
+
+
+def _init_worker() -> None:
+    # One process per core already. Also, OpenMP thread pools are not safe after a fork:
+    # a child that inherits a pool the parent used (e.g. for resampling) can hang in its
+    # first parallel op unless it stays single-threaded.
+    torch.set_num_threads(1)
 
 
 def _read_text(path: Path) -> tuple[str | None, str | None]:
