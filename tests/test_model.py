@@ -5,11 +5,10 @@ import torch
 
 from ds2.model import DeepSpeech2, ModelConfig, RecurrentLayer, RowConvolution, reverse_padded, time_mask
 
-torch.set_default_dtype(torch.float64)  # exact comparisons; restored below
-
 
 @pytest.fixture(autouse=True)
 def _float64():
+    # exact comparisons against the step-by-step formula
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(torch.float32)

@@ -108,13 +108,6 @@ def _forward(model, batch):
     return logits, batch.labels, lengths, batch.label_lengths
 
 
-def test_feasibility_counts_repeats():
-    labels = torch.tensor([[1, 1, 2, 0], [3, 4, 5, 6], [7, 7, 7, 0]])
-    lengths = torch.tensor([3, 4, 3])
-    assert ctc.min_frames(labels, lengths).tolist() == [4, 4, 5]
-    assert ctc.feasible(labels, lengths, torch.tensor([4, 3, 5])).tolist() == [True, False, True]
-
-
 def test_checkpoint_loads_with_weights_only_and_keeps_the_alphabet(corpus, tmp_path):
     alphabet = Alphabet.from_texts(record["text"] for record in read_manifest(corpus["train"]))
     train(_config(corpus, tmp_path / "run", epochs=1), alphabet)
