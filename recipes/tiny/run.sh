@@ -15,11 +15,11 @@ set -euo pipefail
 
 stage=1
 stop_stage=100
-n_train=2400
+n_train=6000
 n_dev=200
 n_test=200
 seed=0
-epochs=12
+epochs=3
 threads=0 # torch CPU threads (0: all cores)
 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--n-train $n_train] [--n-dev $n_dev] [--n-test $n_test] [--seed $seed] [--epochs $epochs]"
@@ -46,10 +46,9 @@ mkdir -p $data $exp
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (run.sh:${BASH_LINENO[0]}) $*"; }
 done_marker() { if [ "$1" -le 2 ]; then echo "$data/.stage$1.done"; else echo "$exp/.stage$1.done"; fi; }
-start_time=$(date +%s)
-
 bash "$repo/scripts/setup.sh"
 ds2="$repo/.venv/bin/ds2"
+start_time=$(date +%s) # the elapsed time printed at the end excludes set-up
 
 run_stage() { # run_stage N: true if stage N is in range and not yet done
   local n=$1
@@ -78,9 +77,9 @@ fi
 if run_stage 3; then
   log "Stage 3: train (log: $exp/train.log; curves: $exp/curves.png)"
   "$ds2" train $data/train.json $data/dev.json --out-dir $exp \
-    --epochs $epochs --batch-size 32 --optimizer adam --lr 1e-3 --anneal 1.2 --grad-clip 400 \
-    --conv-layers 2 --conv-channels 32,32 --conv-kernels 41x11,21x11 --conv-strides 2x3,2x1 \
-    --rnn-type gru --rnn-layers 3 --rnn-hidden 256 --fc-hidden 256 \
+    --epochs $epochs --batch-size 16 --optimizer adam --lr 1.5e-3 --anneal 1.5 --grad-clip 400 \
+    --conv-layers 2 --conv-channels 32,16 --conv-kernels 41x11,21x11 --conv-strides 2x3,2x1 \
+    --rnn-type gru --rnn-layers 2 --rnn-hidden 256 --fc-hidden 256 \
     --threads $threads --seed $seed --checkpoint-every 100 $( [ -f $exp/last.pt ] && echo --resume )
   touch "$(done_marker 3)"
 fi
