@@ -500,6 +500,7 @@ def plot_curves(step_csv: Path, epoch_csv: Path, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     steps = list(csv.DictReader(open(step_csv, encoding="utf-8")))
     epochs = list(csv.DictReader(open(epoch_csv, encoding="utf-8")))
@@ -512,6 +513,7 @@ def plot_curves(step_csv: Path, epoch_csv: Path, path: Path) -> None:
         right.plot([int(r["epoch"]) for r in epochs], [float(r["dev_cer"]) for r in epochs], "s-", label="dev CER")
     left.set(xlabel="step", ylabel="CTC loss per utterance", yscale="log", title="loss")
     right.set(xlabel="epoch", ylabel="%", title="dev error rates (greedy)")
+    right.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend()

@@ -77,7 +77,7 @@ fi
 if run_stage 3; then
   log "Stage 3: train (log: $exp/train.log; curves: $exp/curves.png)"
   "$ds2" train $data/train.json $data/dev.json --out-dir $exp \
-    --epochs $epochs --batch-size 16 --optimizer adam --lr 1.5e-3 --anneal 1.5 --grad-clip 400 \
+    --epochs $epochs --batch-size 16 --optimizer adam --lr 2e-3 --anneal 2 --grad-clip 400 \
     --conv-layers 2 --conv-channels 32,16 --conv-kernels 41x11,21x11 --conv-strides 2x3,2x1 \
     --rnn-type gru --rnn-layers 2 --rnn-hidden 256 --fc-hidden 256 \
     --threads $threads --seed $seed --checkpoint-every 100 $( [ -f $exp/last.pt ] && echo --resume )
