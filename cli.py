@@ -101,38 +101,39 @@ def prepare_synth(
         typer.echo(f"{split}: {path}")
 
 
-@prepare_app.command("librispeech")
-@_friendly_errors
-def prepare_librispeech(
-    root: Annotated[Path, typer.Argument(help="A LibriSpeech split: speaker/chapter/*.flac + *.trans.txt.")],
-    manifest: Annotated[Path, typer.Argument(help="Output manifest (JSON lines).")],
-    alphabet: Annotated[Optional[Path], typer.Option(help="Alphabet JSON to check texts against (default: English).")] = None,
-    any_characters: Annotated[bool, typer.Option(help="Do not check characters against an alphabet.")] = False,
-    jobs: Annotated[int, typer.Option(help="Processes reading audio.")] = 1,
-):
-    """Manifest of a LibriSpeech-layout tree; unusable entries go to MANIFEST's .rejects.json."""
-    from ds2.prepare import prepare_librispeech as run
+def _layout_command(layout: str, root_help: str, summary: str) -> None:
+    """Register `ds2 prepare LAYOUT ROOT MANIFEST` for one on-disk layout."""
 
-    _setup_logging()
-    result = run(root, manifest, None if any_characters else _alphabet(alphabet, None), jobs)
-    typer.echo(f"{result.manifest}: {result.n_accepted} utterances, {result.hours:.2f} h; {result.n_rejected} rejected -> {result.rejects}")
+    def command(
+        root: Path,
+        manifest: Annotated[Path, typer.Argument(help="Output manifest (JSON lines).")],
+        alphabet: Annotated[Optional[Path], typer.Option(help="Alphabet JSON to check texts against (default: English).")] = None,
+        any_characters: Annotated[bool, typer.Option(help="Do not check characters against an alphabet.")] = False,
+        jobs: Annotated[int, typer.Option(help="Processes reading audio.")] = 1,
+    ):
+        from ds2 import prepare
+
+        _setup_logging()
+        run = getattr(prepare, f"prepare_{layout}")
+        result = run(root, manifest, None if any_characters else _alphabet(alphabet, None), jobs)
+        typer.echo(
+            f"{result.manifest}: {result.n_accepted} utterances, {result.hours:.2f} h; "
+            f"{result.n_rejected} rejected -> {result.rejects}"
+        )
+
+    # A real object, not a string: this module's annotations are strings evaluated in its
+    # globals, where root_help does not exist.
+    command.__annotations__["root"] = Annotated[Path, typer.Argument(help=root_help)]
+    help_text = f"{summary} Unusable entries go to MANIFEST's .rejects.json with the reason."
+    prepare_app.command(layout, help=help_text)(_friendly_errors(command))
 
 
-@prepare_app.command("folder")
-@_friendly_errors
-def prepare_folder(
-    root: Annotated[Path, typer.Argument(help="Folder tree of audio files with same-name .txt transcripts.")],
-    manifest: Annotated[Path, typer.Argument(help="Output manifest (JSON lines).")],
-    alphabet: Annotated[Optional[Path], typer.Option(help="Alphabet JSON to check texts against (default: English).")] = None,
-    any_characters: Annotated[bool, typer.Option(help="Do not check characters against an alphabet.")] = False,
-    jobs: Annotated[int, typer.Option(help="Processes reading audio.")] = 1,
-):
-    """Manifest of audio files beside .txt transcripts; unusable entries go to MANIFEST's .rejects.json."""
-    from ds2.prepare import prepare_folder as run
-
-    _setup_logging()
-    result = run(root, manifest, None if any_characters else _alphabet(alphabet, None), jobs)
-    typer.echo(f"{result.manifest}: {result.n_accepted} utterances, {result.hours:.2f} h; {result.n_rejected} rejected -> {result.rejects}")
+_layout_command(
+    "librispeech", "A LibriSpeech split: speaker/chapter/*.flac + *.trans.txt.", "Manifest of a LibriSpeech-layout tree."
+)
+_layout_command(
+    "folder", "Folder tree of audio files with same-name .txt transcripts.", "Manifest of audio files beside .txt transcripts."
+)
 
 
 # --------------------------------------------------------------------------- train
