@@ -99,17 +99,20 @@ if run_stage 5; then
     log "$split:"
     cat $exp/score_$split.txt
   done
+  touch "$(done_marker 5)"
+fi
+
+if [ -f $exp/score_test.json ]; then
+  log "Results (greedy decoding; details in $exp/score_{dev,test}.txt):"
   "$repo/.venv/bin/python" - "$exp" <<'EOF'
 import json, sys
 exp = sys.argv[1]
-print()
 print("| split | utterances | greedy WER % | greedy CER % |")
 print("|-------|-----------:|-------------:|-------------:|")
 for split in ("dev", "test"):
     s = json.load(open(f"{exp}/score_{split}.json"))
     print(f"| {split} | {s['n_utterances']} | {s['wer']:.2f} | {s['cer']:.2f} |")
 EOF
-  touch "$(done_marker 5)"
 fi
 
 log "Successfully finished [elapsed=$(( $(date +%s) - start_time ))s]"
