@@ -150,7 +150,7 @@ def train(
     batch_seconds: Annotated[float, typer.Option(help="Most padded audio seconds per minibatch (0: no limit).")] = 0.0,
     max_duration: Annotated[Optional[float], typer.Option(help="Skip utterances longer than this (s).")] = None,
     optimizer: Annotated[str, typer.Option(help="sgd (Nesterov momentum, DS2) or adam.")] = "sgd",
-    lr: Annotated[float, typer.Option(help="Learning rate of the first epoch.")] = 3e-4,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the first epoch (default: 3e-3 sgd, 1e-3 adam).")] = None,
     momentum: Annotated[float, typer.Option(help="Nesterov momentum (sgd).")] = 0.99,
     anneal: Annotated[float, typer.Option(help="Divide the learning rate by this after each epoch.")] = 1.2,
     weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 0.0,

@@ -118,3 +118,13 @@ def test_checkpoint_loads_with_weights_only_and_keeps_the_alphabet(corpus, tmp_p
         (tmp_path / "junk.pt").write_bytes(b"junk")
         load_model(tmp_path / "junk.pt")
     assert json.loads(json.dumps(model.config.to_dict()))["alphabet"] == list(alphabet.symbols)
+
+
+def test_learning_rate_defaults_per_optimizer_and_bad_values_are_refused(tmp_path):
+    base = dict(train_manifest="t.json", dev_manifest="d.json", out_dir=str(tmp_path))
+    assert TrainConfig(**base, optimizer="sgd").lr == 3e-3
+    assert TrainConfig(**base, optimizer="adam").lr == 1e-3
+    assert TrainConfig(**base, optimizer="adam", lr=5e-4).lr == 5e-4
+    for bad in (dict(lr=math.nan), dict(lr=-1.0), dict(anneal=0.0), dict(grad_clip=math.inf), dict(optimizer="rmsprop")):
+        with pytest.raises(ValueError):
+            TrainConfig(**base, **bad)
