@@ -469,13 +469,9 @@ class RunLogger:
     def step_row(self, state: TrainState, lr: float, loss: float, grad_norm: float, speed: float) -> None:
         row = dict(step=state.step, epoch=state.epoch + 1, lr=lr, loss=round(loss, 4),
                    grad_norm=round(grad_norm, 3), audio_seconds_per_second=round(speed, 1))
-        self.step_writer.writerow(row)
-        self.step_file.flush()
-        if self.tensorboard:
-            self.tensorboard.add_scalar("train/loss", loss, state.step)
-            self.tensorboard.add_scalar("train/grad_norm", grad_norm, state.step)
-            self.tensorboard.add_scalar("train/lr", lr, state.step)
-            self.tensorboard.add_scalar("train/audio_seconds_per_second", speed, state.step)
+        scalars = {"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": lr,
+                   "train/audio_seconds_per_second": speed}
+        self._emit(self.step_file, self.step_writer, row, scalars, state.step)
 
     def epoch_row(self, state: TrainState, lr: float, dev_loss: float, dev_wer: float, dev_cer: float) -> None:
         row = dict(
@@ -485,12 +481,16 @@ class RunLogger:
             skipped_nonfinite=state.skipped_nonfinite, skipped_steps=state.skipped_steps,
             audio_hours=round(state.audio_seconds / 3600, 3),
         )
-        self.epoch_writer.writerow(row)
-        self.epoch_file.flush()
+        scalars = {"dev/loss": dev_loss, "dev/wer": dev_wer, "dev/cer": dev_cer}
+        self._emit(self.epoch_file, self.epoch_writer, row, scalars, state.step)
+
+    def _emit(self, handle, writer: csv.DictWriter, row: dict, scalars: dict, step: int) -> None:
+        """One CSV row (flushed, so a crash loses nothing) and its TensorBoard scalars."""
+        writer.writerow(row)
+        handle.flush()
         if self.tensorboard:
-            self.tensorboard.add_scalar("dev/loss", dev_loss, state.step)
-            self.tensorboard.add_scalar("dev/wer", dev_wer, state.step)
-            self.tensorboard.add_scalar("dev/cer", dev_cer, state.step)
+            for tag, value in scalars.items():
+                self.tensorboard.add_scalar(tag, value, step)
 
     def close(self) -> None:
         self.step_file.close()
