@@ -28,6 +28,11 @@ prepare_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(prepare_app, name="prepare")
+lm_app = typer.Typer(
+    help="n-gram language models with KenLM: build one from text (lmplz, build_binary) and query it.",
+    no_args_is_help=True,
+)
+app.add_typer(lm_app, name="lm")
 
 log = logging.getLogger("ds2")
 
@@ -134,6 +139,46 @@ _layout_command(
 _layout_command(
     "folder", "Folder tree of audio files with same-name .txt transcripts.", "Manifest of audio files beside .txt transcripts."
 )
+
+
+# --------------------------------------------------------------------------- lm
+
+
+@lm_app.command("build")
+@_friendly_errors
+def lm_build(
+    texts: Annotated[list[Path], typer.Argument(help="Text files, one sentence a line (normalized into the alphabet here).")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Folder for text.txt, lm.arpa, lm.bin, unigrams.txt.")],
+    order: Annotated[int, typer.Option(help="n-gram order (2-6).")] = 3,
+    memory: Annotated[str, typer.Option(help="lmplz memory cap (-S), e.g. 1G or 20%.")] = "1G",
+    prune: Annotated[Optional[str], typer.Option(help='lmplz --prune thresholds per order, e.g. "0 1 1".')] = None,
+    alphabet: Annotated[Optional[Path], typer.Option(help="Alphabet JSON (default: English); lines with other characters are dropped.")] = None,
+):
+    """Build an n-gram LM with KenLM's lmplz (memory capped, --discount_fallback for small corpora)."""
+    from ds2.lm import build_lm
+
+    _setup_logging()
+    files = build_lm(texts, out_dir, order, _alphabet(alphabet, None), memory, prune)
+    typer.echo(
+        f"{files.binary}: {order}-gram, {files.n_sentences} sentences, {files.vocabulary} words "
+        f"({files.n_rejected} lines dropped); ARPA {files.arpa}, unigrams {files.unigrams}"
+    )
+
+
+@lm_app.command("query")
+@_friendly_errors
+def lm_query(
+    model: Annotated[Path, typer.Argument(help="lm.bin or lm.arpa.")],
+    text: Annotated[str, typer.Argument(help="A sentence (normalized before scoring).")],
+):
+    """Per-word log10 probabilities (n-gram length used, OOV marks) and the sentence's perplexity."""
+    from ds2.lm import load_lm, query
+
+    result = query(load_lm(model), text)
+    for word, log10_prob, ngram, oov in result.words:
+        columns = [word, f"{log10_prob:.4f}", f"{ngram}-gram"] + (["OOV"] if oov else [])
+        typer.echo("\t".join(columns))
+    typer.echo(f"log10 p = {result.log10_prob:.4f}   perplexity = {result.perplexity:.2f}")
 
 
 # --------------------------------------------------------------------------- train

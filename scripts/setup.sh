@@ -30,6 +30,11 @@ else
   log ".venv is up to date"
 fi
 
+# KenLM's lmplz/build_binary for `ds2 lm build` (the pip package has only the query module).
+if [ ! -x .venv/bin/lmplz ] || [ ! -x .venv/bin/build_binary ]; then
+  bash lm/build_kenlm.sh
+fi
+
 if [ $want_test = 1 ] && [ ! -x /usr/lib/sctk/bin/sclite ]; then
   # sclite is the reference scorer the WER/CER tests compare against.
   sudo=""
