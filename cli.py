@@ -260,21 +260,37 @@ def train(
 @app.command()
 @_friendly_errors
 def decode(
-    checkpoint: Annotated[Path, typer.Argument(help="Model checkpoint (best.pt).")],
+    checkpoint: Annotated[Optional[Path], typer.Argument(help="Model checkpoint (best.pt); not needed with --logprobs.")],
     manifest: Annotated[Path, typer.Argument(help="Manifest to decode.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output manifest: the input records plus pred_text.")],
+    lm: Annotated[Optional[Path], typer.Option(help="KenLM model (lm.bin from `ds2 lm build`): beam search instead of greedy.")] = None,
+    alpha: Annotated[float, typer.Option(help="LM weight, on the LM's NATURAL-log probability.")] = 0.5,
+    beta: Annotated[float, typer.Option(help="Bonus per word.")] = 1.0,
+    beam_width: Annotated[int, typer.Option(help="Beams kept per step.")] = 100,
+    prune_p: Annotated[float, typer.Option(help="DS2 pruning: per frame, the fewest characters whose probability reaches p (1: off).")] = 0.99,
+    prune_top: Annotated[int, typer.Option(help="DS2 pruning: at most this many characters per frame.")] = 40,
+    jobs: Annotated[int, typer.Option(help="Beam search processes (0: one per core).")] = 0,
+    save_logprobs: Annotated[Optional[Path], typer.Option(help="Save the acoustic model's log-probs here for later decoding.")] = None,
+    logprobs: Annotated[Optional[Path], typer.Option(help="Decode saved log-probs instead of running the model.")] = None,
     batch_size: Annotated[int, typer.Option(help="Utterances per forward pass.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
     num_workers: Annotated[int, typer.Option(help="Data loading processes.")] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ):
-    """Greedy (best-path) decoding of a manifest; writes its records with pred_text added."""
-    from ds2.decode import DecodingOptions, decode_manifest
+    """Decode a manifest: greedy (best path) by default, n-gram LM beam search with --lm
+    (DS2 pruning per frame). Writes the input records with pred_text added."""
+    from ds2.decode import BeamSearchOptions, DecodingOptions, decode_manifest
 
     _setup_logging()
+    if checkpoint is None and logprobs is None:
+        raise ValueError("give a checkpoint or --logprobs")
     options = DecodingOptions(batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)
-    count = decode_manifest(checkpoint, manifest, output, options)
-    typer.echo(f"{output}: {count} hypotheses")
+    beam = None
+    if lm is not None:
+        beam = BeamSearchOptions(str(lm), alpha=alpha, beta=beta, beam_width=beam_width,
+                                 prune_p=prune_p, prune_top=prune_top, jobs=jobs)
+    count = decode_manifest(checkpoint, manifest, output, options, beam, save_logprobs, logprobs)
+    typer.echo(f"{output}: {count} hypotheses ({'beam search with ' + str(lm) if lm else 'greedy'})")
 
 
 @app.command()

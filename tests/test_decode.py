@@ -1,5 +1,10 @@
+import math
+
+import numpy as np
+import pytest
 import torch
 
+from ds2 import decode
 from ds2.decode import greedy_decode
 from ds2.text import Alphabet
 
@@ -28,3 +33,46 @@ def test_greedy_ignores_steps_beyond_the_length():
     logits = _logits([[a, 0, a, a, a]], len(alphabet))
     assert greedy_decode(logits, torch.tensor([2]), alphabet) == ["a"]
     assert greedy_decode(logits, torch.tensor([5]), alphabet) == ["aa"]
+
+
+def test_ds2_pruning_keeps_the_fewest_characters_reaching_p_at_most_top():
+    log_probs = np.log(np.array([[0.5, 0.3, 0.15, 0.05], [0.97, 0.01, 0.01, 0.01]]))
+    kept = decode.ds2_prune(log_probs, p=0.9, top=40) > decode.PRUNED_LOGP
+    assert kept.tolist() == [[True, True, True, False], [True, False, False, False]]
+    kept = decode.ds2_prune(log_probs, p=0.999, top=2) > decode.PRUNED_LOGP
+    assert kept.sum(axis=1).tolist() == [2, 2]  # ties never push past the cap
+    assert np.allclose(decode.ds2_prune(log_probs, 0.9, 40)[0, :3], log_probs[0, :3])
+
+
+def test_beam_search_options_refuse_non_finite_weights():
+    for bad in (dict(alpha=math.nan), dict(beta=math.inf), dict(beam_width=0)):
+        with pytest.raises(ValueError):
+            decode.BeamSearchOptions("lm.bin", **bad)
+
+
+def test_lm_beam_search_fixes_what_greedy_gets_wrong(tmp_path):
+    """An ambiguous frame between 'c' and 'k': greedy picks the misspelling, the LM the word."""
+    from ds2 import lm
+
+    try:
+        lm.kenlm_tool("lmplz")
+    except lm.LmError as err:
+        pytest.skip(str(err))
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat\nthe cat ran\na cat sat here\n" * 20, encoding="utf-8")
+    files = lm.build_lm([text], tmp_path / "lm", order=3)
+    alphabet = Alphabet()
+    frames = []
+    for char in "the cat":
+        row = np.full(len(alphabet), 1e-4)
+        if char == "c":
+            row[alphabet.encode("k")[0]], row[alphabet.encode("c")[0]] = 0.5, 0.45
+        else:
+            row[alphabet.encode(char)[0]] = 0.95
+        frames += [row / row.sum(), np.eye(len(alphabet))[0] * 0.95 + 0.05 / len(alphabet)]
+    log_probs = np.log(np.array(frames, dtype=np.float32))
+    assert greedy_decode(torch.from_numpy(log_probs)[None], torch.tensor([len(frames)]), alphabet) == ["the kat"]
+    options = decode.BeamSearchOptions(str(files.binary), alpha=1.0, beta=0.5, beam_width=20, jobs=1)
+    assert decode.beam_decode([log_probs], alphabet, options) == ["the cat"]
+    no_lm_weight = decode.BeamSearchOptions(str(files.binary), alpha=0.0, beta=0.0, beam_width=20, jobs=1)
+    assert decode.beam_decode([log_probs], alphabet, no_lm_weight) == ["the kat"]
