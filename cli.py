@@ -264,8 +264,8 @@ def decode(
     manifest: Annotated[Path, typer.Argument(help="Manifest to decode.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output manifest: the input records plus pred_text.")],
     lm: Annotated[Optional[Path], typer.Option(help="KenLM model (lm.bin from `ds2 lm build`): beam search instead of greedy.")] = None,
-    alpha: Annotated[float, typer.Option(help="LM weight, on the LM's NATURAL-log probability.")] = 0.5,
-    beta: Annotated[float, typer.Option(help="Bonus per word.")] = 1.0,
+    alpha: Annotated[Optional[float], typer.Option(help="LM weight, on the LM's NATURAL-log probability (default: decoding.json beside the checkpoint from `ds2 tune`, else 0.5).")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="Bonus per word (default: decoding.json beside the checkpoint, else 1.0).")] = None,
     beam_width: Annotated[int, typer.Option(help="Beams kept per step.")] = 100,
     prune_p: Annotated[float, typer.Option(help="DS2 pruning: per frame, the fewest characters whose probability reaches p (1: off).")] = 0.99,
     prune_top: Annotated[int, typer.Option(help="DS2 pruning: at most this many characters per frame.")] = 40,
@@ -287,10 +287,35 @@ def decode(
     options = DecodingOptions(batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)
     beam = None
     if lm is not None:
+        from ds2.tune import load_decoding_defaults
+
+        tuned = load_decoding_defaults(checkpoint)
+        alpha = alpha if alpha is not None else tuned.get("alpha", 0.5)
+        beta = beta if beta is not None else tuned.get("beta", 1.0)
+        log.info("LM beam search: alpha=%s beta=%s%s", alpha, beta, " (tuned)" if tuned else "")
         beam = BeamSearchOptions(str(lm), alpha=alpha, beta=beta, beam_width=beam_width,
                                  prune_p=prune_p, prune_top=prune_top, jobs=jobs)
     count = decode_manifest(checkpoint, manifest, output, options, beam, save_logprobs, logprobs)
     typer.echo(f"{output}: {count} hypotheses ({'beam search with ' + str(lm) if lm else 'greedy'})")
+
+
+@app.command()
+@_friendly_errors
+def tune(
+    logprobs: Annotated[Path, typer.Argument(help="Dev log-probs saved by `ds2 decode --save-logprobs`.")],
+    manifest: Annotated[Path, typer.Argument(help="The dev manifest those log-probs belong to.")],
+    lm: Annotated[Path, typer.Option(help="KenLM model (lm.bin).")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="The model's folder: tune.csv, tune.png, decoding.json go here.")],
+    beam_width: Annotated[int, typer.Option(help="Beam width while tuning.")] = 32,
+    jobs: Annotated[int, typer.Option(help="Beam search processes (0: one per core).")] = 0,
+):
+    """Tune the LM weight alpha and word bonus beta on dev: coarse grid, then a finer one around
+    the best. The best pair goes to OUT_DIR/decoding.json, the default of `ds2 decode --lm`."""
+    from ds2.tune import tune as run
+
+    _setup_logging()
+    best = run(logprobs, manifest, lm, out_dir, beam_width, jobs)
+    typer.echo(f"best alpha={best['alpha']} beta={best['beta']}: dev WER {best['dev_wer']}% -> {out_dir / 'decoding.json'}")
 
 
 @app.command()

@@ -9,8 +9,11 @@
 #   1  synthesize the corpus with eSpeak NG (grammar sentences, several voices)
 #   2  manifests: check every file and transcript (bad ones -> *.rejects.json)
 #   3  train a DS2 model (conv + BatchNorm-GRU, CTC)
-#   4  greedy-decode dev and test
-#   5  score (WER / CER) and print the results table
+#   4  greedy-decode dev and test (saving the acoustic model's log-probs)
+#   5  score greedy (WER / CER)
+#   6  build a 4-gram KenLM from the training transcripts + more grammar text (no dev/test sentences)
+#   7  tune the LM weight alpha and word bonus beta on dev (cached log-probs)
+#   8  LM beam search on dev and test with the tuned values, score; results table
 set -euo pipefail
 
 stage=1
@@ -87,7 +90,7 @@ fi
 if run_stage 4; then
   log "Stage 4: greedy-decode dev and test with $exp/best.pt"
   for split in dev test; do
-    "$ds2" decode $exp/best.pt $data/$split.json -o $exp/decode_$split.json
+    "$ds2" decode $exp/best.pt $data/$split.json -o $exp/decode_$split.json --save-logprobs $exp/logprobs_$split.pt
   done
   touch "$(done_marker 4)"
 fi
@@ -102,16 +105,54 @@ if run_stage 5; then
   touch "$(done_marker 5)"
 fi
 
+if run_stage 6; then
+  log "Stage 6: 4-gram LM from the training transcripts + 50000 grammar sentences (dev/test sentences excluded)"
+  "$repo/.venv/bin/python" - "$data" <<'EOF'
+import json, random, sys
+from ds2.synth import generate_sentences
+data = sys.argv[1]
+held_out = {json.loads(line)["text"] for split in ("dev", "test") for line in open(f"{data}/{split}.json")}
+train = [json.loads(line)["text"] for line in open(f"{data}/train.json")]
+extra = generate_sentences(50000, random.Random(1234), 3, 12, exclude=held_out)
+with open(f"{data}/lm_text.txt", "w") as handle:
+    handle.write("\n".join(train + extra) + "\n")
+EOF
+  "$ds2" lm build $data/lm_text.txt -o $exp/lm --order 4 --memory 500M
+  touch "$(done_marker 6)"
+fi
+
+if run_stage 7; then
+  log "Stage 7: tune alpha/beta on dev (tune.png, tune.csv, decoding.json in $exp)"
+  "$ds2" tune $exp/logprobs_dev.pt $data/dev.json --lm $exp/lm/lm.bin -o $exp
+  touch "$(done_marker 7)"
+fi
+
+if run_stage 8; then
+  log "Stage 8: LM beam search on dev and test (alpha/beta from $exp/decoding.json), score"
+  for split in dev test; do
+    "$ds2" decode $exp/best.pt $data/$split.json -o $exp/decode_lm_$split.json --lm $exp/lm/lm.bin \
+      --logprobs $exp/logprobs_$split.pt --no-progress
+    "$ds2" score $exp/decode_lm_$split.json --json $exp/score_lm_$split.json > $exp/score_lm_$split.txt
+  done
+  touch "$(done_marker 8)"
+fi
+
 if [ -f $exp/score_test.json ]; then
-  log "Results (greedy decoding; details in $exp/score_{dev,test}.txt):"
+  log "Results (details in $exp/score_*.txt):"
   "$repo/.venv/bin/python" - "$exp" <<'EOF'
-import json, sys
+import json, os, sys
 exp = sys.argv[1]
-print("| split | utterances | greedy WER % | greedy CER % |")
-print("|-------|-----------:|-------------:|-------------:|")
+print("| split | utterances | greedy WER % | greedy CER % | LM WER % | LM CER % |")
+print("|-------|-----------:|-------------:|-------------:|---------:|---------:|")
 for split in ("dev", "test"):
-    s = json.load(open(f"{exp}/score_{split}.json"))
-    print(f"| {split} | {s['n_utterances']} | {s['wer']:.2f} | {s['cer']:.2f} |")
+    greedy = json.load(open(f"{exp}/score_{split}.json"))
+    lm_path = f"{exp}/score_lm_{split}.json"
+    lm = json.load(open(lm_path)) if os.path.exists(lm_path) else None
+    lm_cells = f"{lm['wer']:.2f} | {lm['cer']:.2f}" if lm else "- | -"
+    print(f"| {split} | {greedy['n_utterances']} | {greedy['wer']:.2f} | {greedy['cer']:.2f} | {lm_cells} |")
+if os.path.exists(f"{exp}/decoding.json"):
+    tuned = json.load(open(f"{exp}/decoding.json"))
+    print(f"LM: alpha={tuned['alpha']} beta={tuned['beta']} (tuned on dev, beam {tuned['beam_width']}); decoding beam 100")
 EOF
 fi
 

@@ -1,0 +1,130 @@
+"""alpha/beta tuning for LM beam search on a dev set, over cached log-probs.
+
+A coarse grid, then a finer grid around its best point. Writes ``tune.csv`` (every point
+tried), ``tune.png`` (WER heat map of each grid) and ``decoding.json`` (the best alpha and
+beta, with the LM they were tuned for) next to the model, where ``ds2 decode --lm`` finds
+them: the decoding defaults follow the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ds2.data import atomic_write, read_manifest
+from ds2.decode import BeamSearchOptions, decode_cache, load_log_probs
+from ds2.metrics import score_pairs
+from ds2.text import Alphabet
+
+log = logging.getLogger("ds2.tune")
+
+COARSE_ALPHAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
+COARSE_BETAS = (-1.0, 0.0, 1.0, 2.0, 3.0)
+DECODING_FILE = "decoding.json"
+
+
+def dev_wer(cache: dict, references: dict[int, str], options: BeamSearchOptions) -> tuple[float, float]:
+    """(WER %, CER %) of LM beam search with ``options`` on the cached dev log-probs."""
+    hypotheses = decode_cache(cache, options)
+    report = score_pairs((references[i], hypotheses.get(i, "")) for i in references)
+    return report.wer, report.cer
+
+
+def grid(cache, references, base: BeamSearchOptions, alphas, betas, rows: list[dict], stage: str) -> np.ndarray:
+    """WER over an alpha x beta grid; appends one row per point to ``rows``."""
+    wer = np.zeros((len(alphas), len(betas)))
+    for i, alpha in enumerate(alphas):
+        for j, beta in enumerate(betas):
+            wer[i, j], cer = dev_wer(cache, references, replace(base, alpha=float(alpha), beta=float(beta)))
+            rows.append(dict(stage=stage, alpha=round(float(alpha), 4), beta=round(float(beta), 4),
+                             wer=round(wer[i, j], 2), cer=round(cer, 2)))
+            log.info("%s alpha=%.3f beta=%.3f: WER %.2f%% CER %.2f%%", stage, alpha, beta, wer[i, j], cer)
+    return wer
+
+
+def tune(
+    logprobs: str | Path,
+    manifest: str | Path,
+    lm: str | Path,
+    out_dir: str | Path,
+    beam_width: int = 32,
+    jobs: int = 0,
+    alphas=COARSE_ALPHAS,
+    betas=COARSE_BETAS,
+) -> dict:
+    """Tune alpha and beta on a dev manifest; returns the contents of decoding.json."""
+    cache = load_log_probs(logprobs)
+    alphabet = Alphabet(cache["alphabet"])
+    references = {i: alphabet.normalize(r["text"]) for i, r in enumerate(read_manifest(manifest, resolve_paths=False))}
+    if not references:
+        raise ValueError(f"{manifest}: empty dev manifest: nothing to tune on")
+    if len(references) != len(cache["log_probs"]) + len(cache["errors"]):
+        raise ValueError(f"{logprobs}: log-probs were computed for another manifest than {manifest}")
+    out_dir = Path(out_dir)
+    base = BeamSearchOptions(str(lm), beam_width=beam_width, jobs=jobs)
+    rows: list[dict] = []
+    coarse = grid(cache, references, base, alphas, betas, rows, "coarse")
+    i, j = np.unravel_index(np.argmin(coarse), coarse.shape)
+    alpha_step = _step(alphas, i)
+    beta_step = _step(betas, j)
+    fine_alphas = [a for a in np.linspace(alphas[i] - alpha_step / 2, alphas[i] + alpha_step / 2, 5) if a >= 0]
+    fine_betas = list(np.linspace(betas[j] - beta_step / 2, betas[j] + beta_step / 2, 5))
+    fine = grid(cache, references, base, fine_alphas, fine_betas, rows, "fine")
+    k, m = np.unravel_index(np.argmin(fine), fine.shape)
+    best = dict(lm=str(Path(lm).resolve()), alpha=round(float(fine_alphas[k]), 4), beta=round(float(fine_betas[m]), 4),
+                dev_wer=round(float(fine[k, m]), 2), beam_width=beam_width, manifest=str(manifest))
+    with atomic_write(out_dir / "tune.csv") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["stage", "alpha", "beta", "wer", "cer"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_write(out_dir / DECODING_FILE) as handle:
+        json.dump(best, handle, indent=2)
+    plot_surface(out_dir / "tune.png", (alphas, betas, coarse), (fine_alphas, fine_betas, fine), best)
+    return best
+
+
+def _step(values, index: int) -> float:
+    neighbours = [abs(values[n] - values[index]) for n in (index - 1, index + 1) if 0 <= n < len(values)]
+    return min(neighbours) if neighbours else 1.0
+
+
+def load_decoding_defaults(checkpoint: str | Path | None) -> dict:
+    """decoding.json beside a checkpoint ({} if there is none)."""
+    if checkpoint is None:
+        return {}
+    path = Path(checkpoint).parent / DECODING_FILE
+    if not path.exists():
+        return {}
+    values = json.loads(path.read_text(encoding="utf-8"))
+    if not all(math.isfinite(values.get(key, math.nan)) for key in ("alpha", "beta")):
+        raise ValueError(f"{path}: alpha/beta must be finite numbers")
+    return values
+
+
+def plot_surface(path: Path, coarse, fine, best: dict) -> None:
+    """PNG: dev WER heat maps of the coarse and the fine grid, best point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, (alphas, betas, wer), title in zip(axes, (coarse, fine), ("coarse grid", "fine grid")):
+        image = axis.imshow(wer, origin="lower", aspect="auto", cmap="viridis_r")
+        axis.set_xticks(range(len(betas)), [f"{b:.2f}" for b in betas])
+        axis.set_yticks(range(len(alphas)), [f"{a:.2f}" for a in alphas])
+        for (r, c), value in np.ndenumerate(wer):
+            axis.text(c, r, f"{value:.1f}", ha="center", va="center", fontsize=8, color="white")
+        axis.set(xlabel="beta (per word)", ylabel="alpha (LM weight, natural log)", title=f"dev WER %, {title}")
+        figure.colorbar(image, ax=axis)
+    figure.suptitle(f"best: alpha={best['alpha']}, beta={best['beta']}, dev WER {best['dev_wer']}%")
+    figure.tight_layout()
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=100)
+    plt.close(figure)

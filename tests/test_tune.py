@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ds2 import lm
+from ds2.data import write_manifest
+from ds2.decode import save_log_probs
+from ds2.text import Alphabet
+from ds2.tune import load_decoding_defaults, tune
+
+
+def _frames(text: str, alphabet: Alphabet, confusions: dict[str, str]) -> np.ndarray:
+    """Log-probs spelling ``text``; a confused character is slightly more likely wrong."""
+    rows = []
+    for char in text:
+        row = np.full(len(alphabet), 1e-4)
+        if char in confusions:
+            row[alphabet.encode(confusions[char])[0]], row[alphabet.encode(char)[0]] = 0.5, 0.45
+        else:
+            row[alphabet.encode(char)[0]] = 0.95
+        rows += [row / row.sum(), np.eye(len(alphabet))[0] * 0.95 + 0.05 / len(alphabet)]
+    return np.log(np.array(rows, dtype=np.float32))
+
+
+def test_tune_finds_an_lm_weight_that_beats_no_lm_and_stores_it(tmp_path):
+    try:
+        lm.kenlm_tool("lmplz")
+    except lm.LmError as err:
+        pytest.skip(str(err))
+    alphabet = Alphabet()
+    sentences = ["the cat sat", "a cat ran home", "the dog sat here", "my cat is here"]
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(sentences * 10) + "\n", encoding="utf-8")
+    files = lm.build_lm([text], tmp_path / "lm", order=3)
+    manifest = tmp_path / "dev.json"
+    write_manifest(manifest, [{"audio_filepath": f"{i}.wav", "duration": 1.0, "text": s} for i, s in enumerate(sentences)])
+    cache = {"alphabet": list(alphabet.symbols), "errors": {},
+             "log_probs": {i: torch.from_numpy(_frames(s, alphabet, {"c": "k", "h": "n"})) for i, s in enumerate(sentences)}}
+    save_log_probs(cache, tmp_path / "dev_lp.pt")
+
+    best = tune(tmp_path / "dev_lp.pt", manifest, files.binary, tmp_path, beam_width=16, jobs=1,
+                alphas=(0.0, 1.0, 2.0), betas=(0.0, 1.0))
+    rows = (tmp_path / "tune.csv").read_text().splitlines()
+    no_lm = [r for r in rows if r.startswith("coarse,0.0,")]
+    assert all(float(r.split(",")[3]) > 0 for r in no_lm)  # without the LM, "kat" and "nere" stay
+    assert best["alpha"] > 0 and best["dev_wer"] == 0.0
+    assert json.loads((tmp_path / "decoding.json").read_text())["alpha"] == best["alpha"]
+    assert (tmp_path / "tune.png").read_bytes()[:4] == b"\x89PNG"
+    assert load_decoding_defaults(tmp_path / "best.pt")["beta"] == best["beta"]
+
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty dev manifest"):
+        tune(tmp_path / "dev_lp.pt", empty, files.binary, tmp_path / "x")
