@@ -97,3 +97,14 @@ def test_cli_build_and_query(corpus, tmp_path):
     assert re.search(r"perplexity = \d+\.\d\d$", lines[-1])
     result = runner.invoke(app, ["lm", "query", str(tmp_path / "nope.bin"), "x"])
     assert result.exit_code == 1 and "nope.bin: language model not found" in result.output
+
+
+def test_lm_whose_words_do_not_fit_the_alphabet_is_refused(corpus, tmp_path):
+    _tools_or_skip()
+    from ds2.decode import BeamSearchOptions, build_beam_decoder
+    from ds2.text import Alphabet
+
+    files = lm.build_lm([corpus], tmp_path / "lm", order=2)
+    no_z = Alphabet([c for c in Alphabet().symbols if c not in "zq"])
+    with pytest.raises(ValueError, match="outside the model's alphabet"):
+        build_beam_decoder(no_z, BeamSearchOptions(str(files.binary)))
