@@ -98,11 +98,12 @@ _BEAM_DECODER = None  # built once in the parent; forked workers inherit it
 
 
 def build_beam_decoder(alphabet: Alphabet, options: BeamSearchOptions):
-    from pyctcdecode import build_ctcdecoder
+    from pyctcdecode import Alphabet as CtcAlphabet
+    from pyctcdecode import BeamSearchDecoderCTC, LanguageModel
 
     from ds2.lm import load_lm
 
-    load_lm(options.lm)  # a clear error for a missing or corrupt file before pyctcdecode's
+    kenlm_model = load_lm(options.lm)  # clear errors for a missing or corrupt file; loaded once per path
     unigrams_path = Path(options.unigrams) if options.unigrams else Path(options.lm).with_name("unigrams.txt")
     unigrams = unigrams_path.read_text(encoding="utf-8").split() if unigrams_path.exists() else None
     if unigrams:
@@ -110,8 +111,8 @@ def build_beam_decoder(alphabet: Alphabet, options: BeamSearchOptions):
         if outside:
             raise ValueError(f"{unigrams_path}: the LM's words use characters outside the model's alphabet: {outside[:10]}")
     labels = [""] + list(alphabet.symbols)  # index 0 is the blank
-    return build_ctcdecoder(labels, kenlm_model_path=str(options.lm), unigrams=unigrams,
-                            alpha=options.alpha, beta=options.beta)
+    language_model = LanguageModel(kenlm_model, unigrams, alpha=options.alpha, beta=options.beta)
+    return BeamSearchDecoderCTC(CtcAlphabet.build_alphabet(labels), language_model)
 
 
 def _beam_decode_one(args: tuple[np.ndarray, int, float, int]) -> str:
@@ -137,7 +138,8 @@ def beam_decode(log_probs: list[np.ndarray], alphabet: Alphabet, options: BeamSe
         return pool.map(_beam_decode_one, tasks, chunksize=max(1, len(tasks) // (4 * jobs)))
 
 
-def _device(name: str) -> torch.device:
+def select_device(name: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else as torch names it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -151,7 +153,7 @@ def run_model(model, dataset: SpeechDataset, options: DecodingOptions) -> Iterat
     """
     from ds2.train import make_loader
 
-    device = _device(options.device)
+    device = select_device(options.device)
     model.to(device).eval()
     batches = make_batches(dataset.durations, math.inf, options.batch_size)
     loader = make_loader(dataset, batches, options.num_workers)
@@ -252,7 +254,7 @@ def transcribe(checkpoint: str | Path, paths: list[str | Path], device: str = "a
     """Greedy transcripts of audio files, in the order given. Raises AudioError naming a bad file."""
     from ds2.train import load_model
 
-    target = _device(device)
+    target = select_device(device)
     model, alphabet = load_model(checkpoint, target)
     texts = []
     for path in paths:

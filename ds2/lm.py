@@ -15,6 +15,7 @@ default of 80% of RAM) and writes, into one folder::
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -131,12 +132,22 @@ def _run(command: list[str], **kwargs) -> None:
 
 
 def load_lm(path: str | Path):
-    """A ``kenlm.Model`` for an ARPA or binary file; LmError naming the file otherwise."""
-    import kenlm
+    """A ``kenlm.Model`` for an ARPA or binary file; LmError naming the file otherwise.
 
+    Models are cached by resolved path and modification time, so tuning's many decoder
+    builds read the file once.
+    """
     path = Path(path)
     if not path.exists():
         raise LmError(f"{path}: language model not found")
+    return _load_lm(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_lm(path: str, _mtime_ns: int):
+    import kenlm
+
+    path = Path(path)
     try:
         return kenlm.Model(str(path))
     except Exception as err:  # kenlm raises OSError / RuntimeError with a long C++ message

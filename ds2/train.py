@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ds2 import ctc
 from ds2.data import Batch, SpeechDataset, atomic_write, collate, epoch_batch_order, make_batches
-from ds2.decode import greedy_decode
+from ds2.decode import greedy_decode, select_device
 from ds2.metrics import score_pairs
 from ds2.model import DeepSpeech2, ModelConfig
 from ds2.text import Alphabet
@@ -104,12 +104,6 @@ class TrainState:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
