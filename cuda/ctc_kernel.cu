@@ -1,0 +1,455 @@
+// CTC loss on the GPU, after Deep Speech 2 appendix A.2.
+//
+// Log space throughout, accumulation in float32 (float64 for float64 logits). Per call:
+//
+//   1. lse_gather   one warp per frame: a single streaming pass over the V logits gives the
+//                   log-sum-exp (online max + sum); the warp then gathers the log-probs of the
+//                   L+1 characters the transcript uses (blank, l1..lL) into log_emit (B,T,L+1).
+//                   Nothing vocabulary-sized enters the time loop.
+//   2. alpha        one block per utterance, every state of a time column in parallel, columns
+//                   in sequence (one barrier per frame), two columns in shared memory; alpha is
+//                   written to global memory for the backward recursion.
+//   3. beta         one block per utterance, beta in two shared rows; overwrites alpha in place
+//                   with the log occupancy alpha_t(s) + beta_t(s) - log p(l|x) of each state.
+//   4. sort_keys    once per utterance: the label positions sorted by character (stable), so
+//                   the states of one character form a contiguous run.
+//   5. epilogue     one warp per frame, the whole gradient in one pass:
+//                   grad = g_b * (softmax - occupancy), occupancy summed per character over
+//                   its sorted run by one lane (blank: a fixed warp tree), zero on padded
+//                   frames and where g_b == 0 (infinite losses get g_b = 0 from the caller).
+//
+// No atomics and fixed reduction orders: results are identical bit for bit from run to run.
+// Lengths are read on the device; the host never waits for the GPU.
+
+#include <ATen/ATen.h>
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <vector>
+
+#include "ctc_kernel.h"
+
+namespace {
+
+constexpr int kWarp = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kRowsPerBlock = 8;  // warps (frames) per block in lse_gather and the epilogue
+
+__device__ __forceinline__ float exp_(float x) { return expf(x); }
+__device__ __forceinline__ double exp_(double x) { return exp(x); }
+__device__ __forceinline__ float log_(float x) { return logf(x); }
+__device__ __forceinline__ double log_(double x) { return log(x); }
+__device__ __forceinline__ float log1p_(float x) { return log1pf(x); }
+__device__ __forceinline__ double log1p_(double x) { return log1p(x); }
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t neg_inf() {
+  return -static_cast<acc_t>(INFINITY);
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t log_add(acc_t a, acc_t b) {
+  const acc_t hi = a > b ? a : b;
+  const acc_t lo = a > b ? b : a;
+  if (lo == neg_inf<acc_t>()) return hi;
+  return hi + log1p_(exp_(lo - hi));
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t log_add3(acc_t a, acc_t b, acc_t c) {
+  acc_t hi = a > b ? a : b;
+  hi = hi > c ? hi : c;
+  if (hi == neg_inf<acc_t>()) return hi;
+  return hi + log_(exp_(a - hi) + exp_(b - hi) + exp_(c - hi));
+}
+
+// Index of state s's character among the L+1 gathered columns: 0 = blank, i+1 = label i.
+__device__ __forceinline__ int column_of(int s) { return (s & 1) ? (s + 1) / 2 : 0; }
+
+// 1. ------------------------------------------------------------------------ lse + gather
+template <typename scalar_t, typename acc_t>
+__global__ void lse_gather_kernel(const scalar_t* __restrict__ logits, const int64_t* __restrict__ labels,
+                                  const int64_t* __restrict__ input_lengths,
+                                  const int64_t* __restrict__ target_lengths, int batch, int frames, int vocab,
+                                  int label_width, int blank, acc_t* __restrict__ lse,
+                                  acc_t* __restrict__ log_emit) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (row >= static_cast<int64_t>(batch) * frames) return;  // whole warp
+  const int b = static_cast<int>(row / frames);
+  const int t = static_cast<int>(row % frames);
+  if (t >= input_lengths[b]) return;  // whole warp
+  const scalar_t* x = logits + row * vocab;
+
+  acc_t peak = neg_inf<acc_t>(), total = 0;
+  for (int c = lane; c < vocab; c += kWarp) {
+    const acc_t v = static_cast<acc_t>(x[c]);
+    if (v > peak) {
+      total = total * exp_(peak - v) + 1;
+      peak = v;
+    } else if (v != neg_inf<acc_t>()) {
+      total += exp_(v - peak);
+    }
+  }
+  // Butterfly: every lane ends with the same (peak, total); the combine is commutative.
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    const acc_t other_peak = __shfl_xor_sync(kFullMask, peak, offset);
+    const acc_t other_total = __shfl_xor_sync(kFullMask, total, offset);
+    const acc_t top = peak > other_peak ? peak : other_peak;
+    if (top != neg_inf<acc_t>()) {
+      total = (peak == neg_inf<acc_t>() ? 0 : total * exp_(peak - top)) +
+              (other_peak == neg_inf<acc_t>() ? 0 : other_total * exp_(other_peak - top));
+    }
+    peak = top;
+  }
+  const acc_t row_lse = peak + log_(total);
+  if (lane == 0) lse[row] = row_lse;
+
+  const int64_t n_labels = target_lengths[b];
+  const int n_columns = static_cast<int>(n_labels < label_width ? n_labels : label_width) + 1;
+  acc_t* out = log_emit + row * (label_width + 1);
+  for (int k = lane; k < n_columns; k += kWarp) {
+    const int64_t c = k == 0 ? blank : labels[static_cast<int64_t>(b) * label_width + k - 1];
+    // A label outside the vocabulary can never be emitted (the utterance becomes infinite).
+    out[k] = (c >= 0 && c < vocab) ? static_cast<acc_t>(x[c]) - row_lse : neg_inf<acc_t>();
+  }
+}
+
+// Shared by alpha and beta: the block's view of one utterance.
+struct Utterance {
+  int frames;  // T_b
+  int states;  // S_b = 2 L_b + 1
+  bool alignable;
+};
+
+// Every thread of the block computes the same answer (repeats counted with barrier counts).
+__device__ Utterance read_utterance(const int64_t* __restrict__ labels, const int64_t* __restrict__ input_lengths,
+                                    const int64_t* __restrict__ target_lengths, int b, int frames,
+                                    int label_width) {
+  const int64_t n_frames = input_lengths[b];
+  const int64_t n_labels = target_lengths[b];
+  Utterance u{static_cast<int>(n_frames), static_cast<int>(2 * n_labels + 1), false};
+  if (n_frames < 0 || n_frames > frames || n_labels < 0 || n_labels > label_width) return u;
+  const int64_t* label = labels + static_cast<int64_t>(b) * label_width;
+  int repeats = 0;
+  for (int start = 0; start < n_labels; start += blockDim.x) {
+    const int i = start + threadIdx.x;
+    repeats += __syncthreads_count(i > 0 && i < n_labels && label[i] == label[i - 1]);
+  }
+  u.alignable = n_labels + repeats <= n_frames;
+  return u;
+}
+
+// Does the transition s-2 -> s exist? (s is a label that differs from the label before it.)
+__device__ __forceinline__ bool skip_into(const int64_t* __restrict__ label, int s) {
+  return (s & 1) && s >= 3 && label[(s - 1) / 2] != label[(s - 3) / 2];
+}
+
+// 2. ------------------------------------------------------------------------------ alpha
+template <typename acc_t>
+__global__ void __launch_bounds__(kMaxThreads) alpha_kernel(const acc_t* __restrict__ log_emit, const int64_t* __restrict__ labels,
+                             const int64_t* __restrict__ input_lengths,
+                             const int64_t* __restrict__ target_lengths, int frames, int label_width,
+                             acc_t* __restrict__ alpha, acc_t* __restrict__ losses) {
+  extern __shared__ unsigned char shared_bytes[];
+  const int max_states = 2 * label_width + 1;
+  acc_t* prev = reinterpret_cast<acc_t*>(shared_bytes);
+  acc_t* cur = prev + max_states;
+  const int b = blockIdx.x;
+  const Utterance u = read_utterance(labels, input_lengths, target_lengths, b, frames, label_width);
+  if (u.frames == 0 || !u.alignable) {  // the empty sequence over zero frames has probability 1
+    if (threadIdx.x == 0) losses[b] = (u.frames == 0 && u.states == 1) ? acc_t(0) : static_cast<acc_t>(INFINITY);
+    return;
+  }
+  const int64_t* label = labels + static_cast<int64_t>(b) * label_width;
+  const acc_t* emit = log_emit + static_cast<int64_t>(b) * frames * (label_width + 1);
+  acc_t* out = alpha == nullptr ? nullptr : alpha + static_cast<int64_t>(b) * frames * max_states;
+
+  // Each thread owns states threadIdx.x + i * blockDim.x, i < kMaxStateItems.
+  bool skip[kMaxStateItems];
+  int column[kMaxStateItems];
+  acc_t next_emit[kMaxStateItems];
+#pragma unroll
+  for (int i = 0; i < kMaxStateItems; ++i) {
+    const int s = threadIdx.x + i * blockDim.x;
+    next_emit[i] = 0;
+    skip[i] = s < u.states && skip_into(label, s);
+    column[i] = column_of(s);
+    if (s < u.states) {
+      const acc_t first = s < 2 ? emit[column[i]] : neg_inf<acc_t>();
+      prev[s] = first;
+      if (out != nullptr) out[s] = first;
+      next_emit[i] = u.frames > 1 ? emit[(label_width + 1) + column[i]] : acc_t(0);
+    }
+  }
+  __syncthreads();
+  for (int t = 1; t < u.frames; ++t) {
+    acc_t emit_now[kMaxStateItems];
+#pragma unroll
+    for (int i = 0; i < kMaxStateItems; ++i) {
+      const int s = threadIdx.x + i * blockDim.x;
+      emit_now[i] = next_emit[i];
+      // Prefetch the next frame's emissions: off the dependent path.
+      if (s < u.states && t + 1 < u.frames) next_emit[i] = emit[static_cast<int64_t>(t + 1) * (label_width + 1) + column[i]];
+    }
+#pragma unroll
+    for (int i = 0; i < kMaxStateItems; ++i) {
+      const int s = threadIdx.x + i * blockDim.x;
+      if (s < u.states) {
+        const acc_t value = log_add3(prev[s], s >= 1 ? prev[s - 1] : neg_inf<acc_t>(),
+                                     skip[i] ? prev[s - 2] : neg_inf<acc_t>()) +
+                            emit_now[i];
+        cur[s] = value;
+        if (out != nullptr) out[static_cast<int64_t>(t) * max_states + s] = value;
+      }
+    }
+    __syncthreads();
+    acc_t* swap = prev;
+    prev = cur;
+    cur = swap;
+  }
+  if (threadIdx.x == 0) {
+    const acc_t end = u.states > 1 ? log_add(prev[u.states - 1], prev[u.states - 2]) : prev[0];
+    losses[b] = -end;
+  }
+}
+
+// 3. ------------------------------------------------------------- beta, log occupancy
+// shared "weighted" rows hold beta_t(s) + log y_t(s), what the frame before needs.
+template <typename acc_t>
+__global__ void __launch_bounds__(kMaxThreads) beta_kernel(const acc_t* __restrict__ log_emit, const int64_t* __restrict__ labels,
+                            const int64_t* __restrict__ input_lengths, const int64_t* __restrict__ target_lengths,
+                            const acc_t* __restrict__ losses, int frames, int label_width,
+                            acc_t* __restrict__ alpha) {
+  extern __shared__ unsigned char shared_bytes[];
+  const int max_states = 2 * label_width + 1;
+  acc_t* later = reinterpret_cast<acc_t*>(shared_bytes);  // weighted beta of frame t+1
+  acc_t* now = later + max_states;
+  const int b = blockIdx.x;
+  const acc_t loss = losses[b];
+  if (!(loss < static_cast<acc_t>(INFINITY))) return;  // infinite or NaN: the epilogue writes zeros
+  const int64_t n_frames = input_lengths[b];
+  const int states = static_cast<int>(2 * target_lengths[b] + 1);
+  if (n_frames <= 0) return;
+  const int last = static_cast<int>(n_frames) - 1;
+  const int64_t* label = labels + static_cast<int64_t>(b) * label_width;
+  const acc_t* emit = log_emit + static_cast<int64_t>(b) * frames * (label_width + 1);
+  acc_t* occupancy = alpha + static_cast<int64_t>(b) * frames * max_states;
+  const acc_t log_likelihood = -loss;
+
+  bool skip_next[kMaxStateItems];  // does s -> s+2 exist?
+  int column[kMaxStateItems];
+  acc_t emit_now[kMaxStateItems], alpha_now[kMaxStateItems];
+#pragma unroll
+  for (int i = 0; i < kMaxStateItems; ++i) {
+    const int s = threadIdx.x + i * blockDim.x;
+    emit_now[i] = alpha_now[i] = 0;
+    skip_next[i] = s + 2 < states && skip_into(label, s + 2);
+    column[i] = column_of(s);
+    if (s < states) {
+      const acc_t beta = s >= states - 2 ? acc_t(0) : neg_inf<acc_t>();
+      const int64_t at = static_cast<int64_t>(last) * max_states + s;
+      occupancy[at] = occupancy[at] + beta - log_likelihood;
+      later[s] = beta + emit[static_cast<int64_t>(last) * (label_width + 1) + column[i]];
+      if (last > 0) {
+        emit_now[i] = emit[static_cast<int64_t>(last - 1) * (label_width + 1) + column[i]];
+        alpha_now[i] = occupancy[static_cast<int64_t>(last - 1) * max_states + s];
+      }
+    }
+  }
+  __syncthreads();
+  for (int t = last - 1; t >= 0; --t) {
+    acc_t emit_t[kMaxStateItems], alpha_t[kMaxStateItems];
+#pragma unroll
+    for (int i = 0; i < kMaxStateItems; ++i) {
+      const int s = threadIdx.x + i * blockDim.x;
+      emit_t[i] = emit_now[i];
+      alpha_t[i] = alpha_now[i];
+      if (s < states && t > 0) {  // prefetch frame t-1: independent of the recursion
+        emit_now[i] = emit[static_cast<int64_t>(t - 1) * (label_width + 1) + column[i]];
+        alpha_now[i] = occupancy[static_cast<int64_t>(t - 1) * max_states + s];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kMaxStateItems; ++i) {
+      const int s = threadIdx.x + i * blockDim.x;
+      if (s < states) {
+        const acc_t beta = log_add3(later[s], s + 1 < states ? later[s + 1] : neg_inf<acc_t>(),
+                                    skip_next[i] ? later[s + 2] : neg_inf<acc_t>());
+        occupancy[static_cast<int64_t>(t) * max_states + s] = alpha_t[i] + beta - log_likelihood;
+        now[s] = beta + emit_t[i];
+      }
+    }
+    __syncthreads();
+    acc_t* swap = later;
+    later = now;
+    now = swap;
+  }
+}
+
+// 4. -------------------------------------------------------------------------- sort_keys
+// sorted_state[b, r] = the state (2i+1) of the label position i with rank r when positions
+// are ordered by (character, position); sorted_char[b, r] = its character.
+__global__ void sort_keys_kernel(const int64_t* __restrict__ labels, const int64_t* __restrict__ target_lengths,
+                                 int label_width, int* __restrict__ sorted_state, int* __restrict__ sorted_char) {
+  const int b = blockIdx.x;
+  const int64_t length = target_lengths[b];
+  const int n_labels = static_cast<int>(length < 0 ? 0 : (length < label_width ? length : label_width));
+  const int64_t* label = labels + static_cast<int64_t>(b) * label_width;
+  for (int i = threadIdx.x; i < n_labels; i += blockDim.x) {
+    const int64_t c = label[i];
+    int rank = 0;
+    for (int j = 0; j < n_labels; ++j) rank += (label[j] < c) || (label[j] == c && j < i);
+    sorted_state[static_cast<int64_t>(b) * label_width + rank] = 2 * i + 1;
+    sorted_char[static_cast<int64_t>(b) * label_width + rank] = static_cast<int>(c);
+  }
+}
+
+// 5. --------------------------------------------------------------------------- epilogue
+template <typename scalar_t, typename acc_t>
+__global__ void epilogue_kernel(const scalar_t* __restrict__ logits, const int64_t* __restrict__ input_lengths,
+                                const int64_t* __restrict__ target_lengths, const acc_t* __restrict__ lse,
+                                const acc_t* __restrict__ occupancy, const int* __restrict__ sorted_state,
+                                const int* __restrict__ sorted_char, const acc_t* __restrict__ scale, int batch,
+                                int frames, int vocab, int label_width, int blank, scalar_t* __restrict__ grad) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (row >= static_cast<int64_t>(batch) * frames) return;  // whole warp
+  const int b = static_cast<int>(row / frames);
+  const int t = static_cast<int>(row % frames);
+  const acc_t g = static_cast<acc_t>(scale[b]);
+  scalar_t* out = grad + row * vocab;
+  if (t >= input_lengths[b] || g == acc_t(0)) {
+    for (int c = lane; c < vocab; c += kWarp) out[c] = scalar_t(0);
+    return;
+  }
+  const scalar_t* x = logits + row * vocab;
+  const acc_t row_lse = lse[row];
+  for (int c = lane; c < vocab; c += kWarp) out[c] = static_cast<scalar_t>(g * exp_(static_cast<acc_t>(x[c]) - row_lse));
+
+  const int64_t length = target_lengths[b];
+  const int n_labels = static_cast<int>(length < label_width ? length : label_width);
+  const int max_states = 2 * label_width + 1;
+  const acc_t* occ = occupancy + (static_cast<int64_t>(b) * frames + t) * max_states;
+  // Blank: states 0, 2, ..., 2L; strided lane sums, then a fixed butterfly.
+  acc_t blank_sum = 0;
+  for (int j = lane; j <= n_labels; j += kWarp) blank_sum += exp_(occ[2 * j]);
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) blank_sum += __shfl_xor_sync(kFullMask, blank_sum, offset);
+  __syncwarp();  // the softmax stores above come before the label columns' stores below
+  if (lane == 0) out[blank] = static_cast<scalar_t>(g * (exp_(static_cast<acc_t>(x[blank]) - row_lse) - blank_sum));
+  // Labels: the lane that finds the head of a character's run sums the run in order.
+  const int* states = sorted_state + static_cast<int64_t>(b) * label_width;
+  const int* chars = sorted_char + static_cast<int64_t>(b) * label_width;
+  for (int r = lane; r < n_labels; r += kWarp) {
+    const int c = chars[r];
+    if (r > 0 && chars[r - 1] == c) continue;
+    if (c < 0 || c >= vocab || c == blank) continue;
+    acc_t sum = 0;
+    for (int q = r; q < n_labels && chars[q] == c; ++q) sum += exp_(occ[states[q]]);
+    out[c] = static_cast<scalar_t>(g * (exp_(static_cast<acc_t>(x[c]) - row_lse) - sum));
+  }
+}
+
+int state_threads(int max_states) {
+  int threads = ((max_states + kWarp - 1) / kWarp) * kWarp;
+  if (threads > kMaxThreads) threads = kMaxThreads;
+  return threads < kWarp ? kWarp : threads;
+}
+
+template <typename kernel_t>
+void allow_shared(kernel_t kernel, size_t bytes) {
+  if (bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  }
+}
+
+}  // namespace
+
+std::vector<at::Tensor> ctc_forward_cuda(const at::Tensor& logits, const at::Tensor& labels,
+                                         const at::Tensor& input_lengths, const at::Tensor& target_lengths,
+                                         int64_t blank, bool need_grad) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int batch = static_cast<int>(logits.size(0));
+  const int frames = static_cast<int>(logits.size(1));
+  const int vocab = static_cast<int>(logits.size(2));
+  const int label_width = static_cast<int>(labels.size(1));
+  const int max_states = 2 * label_width + 1;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto acc_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto options = logits.options().dtype(acc_type);
+
+  at::Tensor losses = at::empty({batch}, options);
+  at::Tensor lse = at::empty({batch, frames}, options);
+  at::Tensor log_emit = at::empty({batch, frames, label_width + 1}, options);
+  at::Tensor alpha = need_grad ? at::empty({batch, frames, max_states}, options) : at::Tensor();
+  at::Tensor sorted_state = at::empty({batch, label_width}, logits.options().dtype(at::kInt));
+  at::Tensor sorted_char = at::empty({batch, label_width}, logits.options().dtype(at::kInt));
+  if (batch == 0) return {losses, lse, alpha, sorted_state, sorted_char};
+
+  const int64_t rows = static_cast<int64_t>(batch) * frames;
+  const int row_blocks = static_cast<int>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+  const int threads = state_threads(max_states);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, logits.scalar_type(), "ds2_ctc_forward", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    if (rows > 0) {
+      lse_gather_kernel<scalar_t, acc_t><<<row_blocks, kRowsPerBlock * kWarp, 0, stream>>>(
+          logits.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(), input_lengths.data_ptr<int64_t>(),
+          target_lengths.data_ptr<int64_t>(), batch, frames, vocab, label_width, static_cast<int>(blank),
+          lse.data_ptr<acc_t>(), log_emit.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    const size_t shared = 2 * static_cast<size_t>(max_states) * sizeof(acc_t);
+    allow_shared(alpha_kernel<acc_t>, shared);
+    alpha_kernel<acc_t><<<batch, threads, shared, stream>>>(
+        log_emit.data_ptr<acc_t>(), labels.data_ptr<int64_t>(), input_lengths.data_ptr<int64_t>(),
+        target_lengths.data_ptr<int64_t>(), frames, label_width,
+        need_grad ? alpha.data_ptr<acc_t>() : nullptr, losses.data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (need_grad) {
+      allow_shared(beta_kernel<acc_t>, shared);
+      beta_kernel<acc_t><<<batch, threads, shared, stream>>>(
+          log_emit.data_ptr<acc_t>(), labels.data_ptr<int64_t>(), input_lengths.data_ptr<int64_t>(),
+          target_lengths.data_ptr<int64_t>(), losses.data_ptr<acc_t>(), frames, label_width,
+          alpha.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (label_width > 0) {
+        sort_keys_kernel<<<batch, 128, 0, stream>>>(labels.data_ptr<int64_t>(), target_lengths.data_ptr<int64_t>(),
+                                                    label_width, sorted_state.data_ptr<int>(),
+                                                    sorted_char.data_ptr<int>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+  });
+  return {losses, lse, alpha, sorted_state, sorted_char};
+}
+
+at::Tensor ctc_backward_cuda(const at::Tensor& logits, const at::Tensor& input_lengths,
+                             const at::Tensor& target_lengths, const at::Tensor& lse, const at::Tensor& occupancy,
+                             const at::Tensor& sorted_state, const at::Tensor& sorted_char, const at::Tensor& scale,
+                             int64_t blank) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int batch = static_cast<int>(logits.size(0));
+  const int frames = static_cast<int>(logits.size(1));
+  const int vocab = static_cast<int>(logits.size(2));
+  const int label_width = static_cast<int>(sorted_state.size(1));
+  at::Tensor grad = at::empty_like(logits);
+  const int64_t rows = static_cast<int64_t>(batch) * frames;
+  if (rows == 0) return grad;
+  const int row_blocks = static_cast<int>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, logits.scalar_type(), "ds2_ctc_backward", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    epilogue_kernel<scalar_t, acc_t><<<row_blocks, kRowsPerBlock * kWarp, 0, stream>>>(
+        logits.data_ptr<scalar_t>(), input_lengths.data_ptr<int64_t>(), target_lengths.data_ptr<int64_t>(),
+        lse.data_ptr<acc_t>(), occupancy.data_ptr<acc_t>(), sorted_state.data_ptr<int>(),
+        sorted_char.data_ptr<int>(), scale.data_ptr<acc_t>(), batch, frames, vocab, label_width,
+        static_cast<int>(blank), grad.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad;
+}
