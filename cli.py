@@ -214,7 +214,7 @@ def train(
     fc_hidden: Annotated[int, typer.Option(help="Units of the fully connected layer.")] = 256,
     alphabet: Annotated[Optional[Path], typer.Option(help="Alphabet JSON (default: English a-z, space, apostrophe).")] = None,
     alphabet_from: Annotated[Optional[Path], typer.Option(help="Build the alphabet from this manifest's texts (any language).")] = None,
-    ctc: Annotated[str, typer.Option(help="CTC backend.")] = "torch",
+    ctc: Annotated[str, typer.Option(help="CTC loss: auto (our CUDA kernel on a GPU, numba on the CPU), cuda, numba, or torch.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
     num_workers: Annotated[int, typer.Option(help="Data loading processes.")] = 1,
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: default).")] = 0,

@@ -222,6 +222,17 @@ def _check_inputs(logits, targets, input_lengths, target_lengths, blank):
             raise ValueError(f"target_lengths must lie in [0, {limit}], got {target_lengths.tolist()}")
         if targets.dim() == 1 and int(target_lengths.sum()) != targets.shape[0]:
             raise ValueError("concatenated targets must hold exactly sum(target_lengths) labels")
+        if targets.dim() == 2:
+            used = torch.arange(targets.shape[1])[None, :] < target_lengths[:, None]
+            labels = targets[used]
+        else:
+            labels = targets
+        bad = (labels < 0) | (labels >= logits.shape[2]) | (labels == blank)
+        if bool(bad.any()):
+            raise ValueError(
+                f"targets hold {int(labels[bad][0])}, which is not a label: labels lie in [0, {logits.shape[2]}) "
+                f"and are not the blank ({blank})"
+            )
 
 
 def _reduce(losses: torch.Tensor, target_lengths: torch.Tensor, reduction: str) -> torch.Tensor:

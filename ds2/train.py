@@ -66,7 +66,7 @@ class TrainConfig:
     sortagrad: bool = True
     seed: int = 0
     num_workers: int = 1  # data loading processes
-    ctc_backend: str = "torch"
+    ctc_backend: str = "auto"  # ds2.ctc backend: auto (cuda on GPU, numba on CPU), cuda, numba, torch
     device: str = "auto"
     checkpoint_every: int = 200  # steps between last.pt saves (and at every epoch end)
     log_every: int = 10
@@ -340,10 +340,11 @@ def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
     batch_seconds = config.batch_seconds if config.batch_seconds > 0 else math.inf
     batches = make_batches(train_set.durations, batch_seconds, config.batch_size)
     total_audio = sum(train_set.durations)
+    ctc_backend = ctc.resolve_backend(config.ctc_backend, device)
     log.info(
-        "model: %.2fM parameters; train: %d utterances (%.2f h, %d skipped) in %d batches; dev: %d; device: %s",
+        "model: %.2fM parameters; train: %d utterances (%.2f h, %d skipped) in %d batches; dev: %d; device: %s; CTC: %s",
         model.n_parameters() / 1e6, len(train_set), total_audio / 3600, len(train_set.skipped),
-        len(batches), len(dev_set), device,
+        len(batches), len(dev_set), device, ctc_backend,
     )
 
     logger = RunLogger(out_dir, append=resume_payload is not None)

@@ -58,3 +58,13 @@ def restore_logging():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked requires_cuda are skipped, with the reason, where no GPU is visible."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run on a GPU machine: pytest -m requires_cuda)")
+    for item in items:
+        if "requires_cuda" in item.keywords:
+            item.add_marker(skip)
