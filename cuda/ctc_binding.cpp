@@ -60,8 +60,18 @@ at::Tensor backward(const at::Tensor& logits, const at::Tensor& input_lengths, c
     TORCH_CHECK(tensor->scalar_type() == acc && tensor->is_contiguous(), "ds2 CTC: saved state has dtype ",
                 tensor->scalar_type(), ", expected contiguous ", acc);
   }
-  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == logits.size(0), "ds2 CTC: scale must be (B,)");
-  TORCH_CHECK(occupancy.size(2) == 2 * sorted_state.size(1) + 1, "ds2 CTC: occupancy and keys disagree");
+  const int64_t batch = logits.size(0), frames = logits.size(1);
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == batch, "ds2 CTC: scale must be (B,)");
+  TORCH_CHECK(lse.dim() == 2 && lse.size(0) == batch && lse.size(1) == frames, "ds2 CTC: lse must be (B, T)");
+  for (const auto* keys : {&sorted_state, &sorted_char}) {
+    check_on(*keys, logits, "saved keys");
+    TORCH_CHECK(keys->scalar_type() == at::kInt && keys->is_contiguous() && keys->dim() == 2 &&
+                    keys->size(0) == batch && keys->size(1) == sorted_state.size(1),
+                "ds2 CTC: saved keys must be contiguous int32 (B, W)");
+  }
+  TORCH_CHECK(occupancy.dim() == 3 && occupancy.size(0) == batch && occupancy.size(1) == frames &&
+                  occupancy.size(2) == 2 * sorted_state.size(1) + 1,
+              "ds2 CTC: occupancy must be (B, T, 2W + 1) for keys of width W");
   return ctc_backward_cuda(logits.contiguous(), input_lengths.contiguous(), target_lengths.contiguous(), lse,
                            occupancy, sorted_state, sorted_char, scale, blank);
 }

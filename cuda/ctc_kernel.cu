@@ -64,6 +64,7 @@ template <typename acc_t>
 __device__ __forceinline__ acc_t log_add3(acc_t a, acc_t b, acc_t c) {
   acc_t hi = a > b ? a : b;
   hi = hi > c ? hi : c;
+  if (a != a || b != b || c != c) return a + b + c;  // NaN scores give a NaN loss, as in torch
   if (hi == neg_inf<acc_t>()) return hi;
   return hi + log_(exp_(a - hi) + exp_(b - hi) + exp_(c - hi));
 }
@@ -124,6 +125,7 @@ __global__ void lse_gather_kernel(const scalar_t* __restrict__ logits, const int
 struct Utterance {
   int frames;  // T_b
   int states;  // S_b = 2 L_b + 1
+  bool in_range;  // 0 <= T_b <= T and 0 <= L_b <= W (checked before the casts to int)
   bool alignable;
 };
 
@@ -133,8 +135,11 @@ __device__ Utterance read_utterance(const int64_t* __restrict__ labels, const in
                                     int label_width) {
   const int64_t n_frames = input_lengths[b];
   const int64_t n_labels = target_lengths[b];
-  Utterance u{static_cast<int>(n_frames), static_cast<int>(2 * n_labels + 1), false};
+  Utterance u{0, 1, false, false};
   if (n_frames < 0 || n_frames > frames || n_labels < 0 || n_labels > label_width) return u;
+  u.frames = static_cast<int>(n_frames);
+  u.states = static_cast<int>(2 * n_labels + 1);
+  u.in_range = true;
   const int64_t* label = labels + static_cast<int64_t>(b) * label_width;
   int repeats = 0;
   for (int start = 0; start < n_labels; start += blockDim.x) {
@@ -163,7 +168,8 @@ __global__ void __launch_bounds__(kMaxThreads) alpha_kernel(const acc_t* __restr
   const int b = blockIdx.x;
   const Utterance u = read_utterance(labels, input_lengths, target_lengths, b, frames, label_width);
   if (u.frames == 0 || !u.alignable) {  // the empty sequence over zero frames has probability 1
-    if (threadIdx.x == 0) losses[b] = (u.frames == 0 && u.states == 1) ? acc_t(0) : static_cast<acc_t>(INFINITY);
+    const bool empty = u.in_range && u.frames == 0 && u.states == 1;
+    if (threadIdx.x == 0) losses[b] = empty ? acc_t(0) : static_cast<acc_t>(INFINITY);
     return;
   }
   const int64_t* label = labels + static_cast<int64_t>(b) * label_width;
@@ -234,8 +240,9 @@ __global__ void __launch_bounds__(kMaxThreads) beta_kernel(const acc_t* __restri
   const acc_t loss = losses[b];
   if (!(loss < static_cast<acc_t>(INFINITY))) return;  // infinite or NaN: the epilogue writes zeros
   const int64_t n_frames = input_lengths[b];
-  const int states = static_cast<int>(2 * target_lengths[b] + 1);
-  if (n_frames <= 0) return;
+  const int64_t n_labels = target_lengths[b];
+  if (n_frames <= 0 || n_frames > frames || n_labels < 0 || n_labels > label_width) return;
+  const int states = static_cast<int>(2 * n_labels + 1);
   const int last = static_cast<int>(n_frames) - 1;
   const int64_t* label = labels + static_cast<int64_t>(b) * label_width;
   const acc_t* emit = log_emit + static_cast<int64_t>(b) * frames * (label_width + 1);
@@ -348,6 +355,8 @@ __global__ void epilogue_kernel(const scalar_t* __restrict__ logits, const int64
   for (int r = lane; r < n_labels; r += kWarp) {
     const int c = chars[r];
     if (r > 0 && chars[r - 1] == c) continue;
+    // Labels outside the vocabulary make the loss infinite (g = 0, never here); a label equal
+    // to the blank is refused by ds2.ctc on the CPU and not supported here.
     if (c < 0 || c >= vocab || c == blank) continue;
     acc_t sum = 0;
     for (int q = r; q < n_labels && chars[q] == c; ++q) sum += exp_(occ[states[q]]);

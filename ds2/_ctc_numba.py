@@ -157,6 +157,8 @@ def _utterance_loss(logits, n_frames, n_labels, need_grad, lse, occupancy, chars
         for c in range(vocab):
             total += math.exp(np.float64(logits[t, c]) - peak)
         lse[t] = peak + math.log(total)
+        if math.isnan(lse[t]):  # NaN scores give a NaN loss, as in torch
+            return np.nan, False
         for k in range(n_keys):
             log_emit[t, k] = np.float64(logits[t, chars[k]]) - lse[t]
 

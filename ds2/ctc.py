@@ -79,7 +79,7 @@ def ctc_loss(
     _check_inputs(logits, targets, input_lengths, target_lengths, blank)
     if name == "torch":
         return _torch_ctc_loss(logits, targets, input_lengths, target_lengths, blank, reduction, zero_infinity)
-    labels = padded_targets(targets, target_lengths, logits.shape[1])
+    labels = padded_targets(targets, target_lengths)
     losses = _CTCFunction.apply(
         logits, labels, input_lengths.to(torch.int64), target_lengths.to(torch.int64), blank, zero_infinity, name
     )
@@ -129,23 +129,22 @@ def feasible(labels: torch.Tensor, label_lengths: torch.Tensor, output_lengths: 
     return min_frames(labels, label_lengths) <= output_lengths
 
 
-def padded_targets(targets: torch.Tensor, target_lengths: torch.Tensor, n_frames: int) -> torch.Tensor:
+def padded_targets(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
     """Targets as (B, Lmax) int64, zero-padded; concatenated (1-D) targets are split.
 
-    For 1-D targets Lmax is min(len(targets), n_frames) (no host synchronization: a longer
-    label sequence cannot fit the frames anyway, and the kernels see its true length).
+    Splitting needs the longest length on the host: one synchronization on the GPU, which
+    padded targets (what ds2's collate makes) avoid.
     """
     if targets.dim() == 2:
         return targets.to(torch.int64)
-    n_total = targets.shape[0]
-    width = max(1, min(n_total, n_frames))
     lengths = target_lengths.to(device=targets.device, dtype=torch.int64)
+    width = int(lengths.max()) if lengths.numel() else 0
+    if width == 0:
+        return torch.zeros(lengths.shape[0], 0, dtype=torch.int64, device=targets.device)
     starts = torch.cumsum(lengths, 0) - lengths
     positions = torch.arange(width, device=targets.device)
-    index = (starts[:, None] + positions[None, :]).clamp(max=max(n_total - 1, 0))
+    index = (starts[:, None] + positions[None, :]).clamp(max=targets.shape[0] - 1)
     inside = positions[None, :] < lengths[:, None]
-    if n_total == 0:
-        return torch.zeros(lengths.shape[0], width, dtype=torch.int64, device=targets.device)
     return torch.where(inside, targets.to(torch.int64)[index], 0)
 
 
@@ -173,7 +172,7 @@ def reference_ctc_loss(
     as :func:`ctc_loss`.
     """
     log_probs = torch.log_softmax(logits.double(), dim=-1)
-    labels = padded_targets(targets, target_lengths, logits.shape[1])
+    labels = padded_targets(targets, target_lengths)
     never = -1e300  # finite "log 0": keeps autograd free of inf - inf
     losses = []
     for b in range(logits.shape[0]):

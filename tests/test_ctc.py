@@ -161,6 +161,17 @@ def test_zero_infinity(backend):
     assert_agrees((loss, grad), (expected_loss, expected_grad))
 
 
+def test_nan_scores_give_a_nan_loss_and_leave_the_others_alone(backend):
+    if backend[0] == "torch":
+        pytest.skip("torch's gradient is NaN for a NaN loss; ours is zero")
+    logits, targets, input_lengths, target_lengths = _random_case(17, 3, 12, 4, 6, ragged=False)
+    logits[1, 5, 2] = math.nan
+    loss, grad = _run(backend, logits, targets, input_lengths, target_lengths)
+    assert math.isnan(float(loss[1])) and torch.all(grad[1] == 0)
+    expected = _torch64(logits[[0, 2]], targets[[0, 2]], input_lengths[[0, 2]], target_lengths[[0, 2]])
+    assert_agrees((loss[[0, 2]], grad[[0, 2]]), expected)
+
+
 def test_padded_frames_are_ignored_and_get_zero_gradient(backend):
     logits, targets, input_lengths, target_lengths = _random_case(7, 4, 20, 5, 7)
     polluted = logits.clone()
