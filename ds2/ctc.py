@@ -338,6 +338,7 @@ def _numba_kernels():
     except ImportError as error:
         warnings.warn(f"numba CTC kernel unavailable ({error}); using torch's CTC on the CPU", stacklevel=3)
         return None
+    log.info("numba CTC kernel: the first call after an install compiles it (~10 s), later runs load it from the cache")
     return _ctc_numba
 
 
@@ -348,6 +349,7 @@ _cuda_extension_error = "not tried"
 def _cuda_extension():
     """Build (or load from torch's extension cache) cuda/; None with one warning if it fails."""
     global _cuda_extension_error
+    log.info("loading the CUDA CTC kernel (the first build compiles cuda/, about a minute)")
     try:
         extension = build_cuda_extension()
     except Exception as error:  # compiler missing, CUDA toolkit mismatch, ...

@@ -273,9 +273,12 @@ def test_unknown_backend_and_wrong_device_are_refused():
         ctc.ctc_loss(*args, backend="cuda")
 
 
-def test_auto_means_numba_on_the_cpu():
+def test_auto_means_numba_on_the_cpu_and_training_uses_it():
+    from ds2.train import TrainConfig
+
     assert ctc.resolve_backend("auto", torch.device("cpu")) == "numba"
     assert ctc.available_backends("cpu") == ["numba", "torch"]
+    assert ctc.resolve_backend(TrainConfig("train.json", "dev.json", "exp").ctc_backend, torch.device("cpu")) == "numba"
 
 
 @pytest.mark.parametrize(
