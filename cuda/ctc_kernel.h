@@ -5,11 +5,8 @@
 
 #include <vector>
 
-// The alpha/beta kernels run one block per utterance with up to kMaxThreads threads, each
-// owning at most kMaxStateItems states: label sequences up to (4096 - 1) / 2 = 2047.
-constexpr int kMaxThreads = 1024;
-constexpr int kMaxStateItems = 4;
-constexpr int kMaxStates = kMaxThreads * kMaxStateItems;
+#include "ctc_limits.h"
+
 
 // Returns {losses (B,), lse (B,T), log occupancy (B,T,2W+1) or undefined, sorted_state (B,W),
 // sorted_char (B,W)}; float32 for float32/float16/bfloat16 logits, float64 for float64.

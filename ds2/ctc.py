@@ -27,6 +27,7 @@ label plus one blank between every pair of equal neighbouring labels.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -375,8 +376,13 @@ def build_cuda_extension(verbose: bool = False):
     missing = [str(path) for path in sources if not path.exists()]
     if missing:
         raise FileNotFoundError(f"CUDA sources not found: {', '.join(missing)}")
+    # torch rebuilds when a listed source changes, not a header: name the build by all of cuda/
+    digest = hashlib.sha1()
+    for path in sorted(CUDA_SOURCES.iterdir()):
+        if path.suffix in (".cu", ".cuh", ".cpp", ".h"):
+            digest.update(path.name.encode() + path.read_bytes())
     return cpp_extension.load(
-        name="ds2_ctc_cuda",
+        name=f"ds2_ctc_cuda_{digest.hexdigest()[:12]}",
         sources=[str(path) for path in sources],
         extra_cflags=["-O3"],
         extra_cuda_cflags=["-O3"],

@@ -7,9 +7,12 @@ kernels rather than float32 rounding.
 
 import itertools
 import math
-import shutil
 import os
+import shutil
+import subprocess
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -316,3 +319,86 @@ def test_cuda_source_compiles(monkeypatch):
     extension = ctc.build_cuda_extension()
     assert callable(extension.forward) and callable(extension.backward)
     assert "log occupancy" in extension.forward.__doc__
+
+
+# --------------------------------------------------------------------------- the CUDA source on CPU threads
+# tests/cuda_emulation compiles cuda/ctc_device.cuh (the kernels themselves, unchanged) with
+# g++ against a small emulation of blocks, barriers and warp shuffles, and runs the launch
+# sequence of cuda/ctc_kernel.cu in float32. Without a GPU this is how CI executes the kernels.
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def emulated_kernels(tmp_path_factory):
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("g++ is not installed")
+    binary = tmp_path_factory.mktemp("emulation") / "run_kernels"
+    subprocess.run(
+        [compiler, "-std=c++20", "-O1", "-pthread", "-I", str(REPO / "cuda"), "-I", str(REPO / "tests" / "cuda_emulation"),
+         str(REPO / "tests" / "cuda_emulation" / "run_kernels.cpp"), "-o", str(binary)],
+        check=True, capture_output=True, text=True,
+    )
+
+    def run(logits, targets, input_lengths, target_lengths, scale=None, blank=0):
+        batch, frames, vocab = logits.shape
+        scale = torch.ones(batch) if scale is None else scale
+        inputs, outputs = binary.parent / "in.bin", binary.parent / "out.bin"
+        with open(inputs, "wb") as handle:
+            np.array([batch, frames, vocab, targets.shape[1], blank], dtype=np.int32).tofile(handle)
+            logits.float().numpy().tofile(handle)
+            for tensor in (targets, input_lengths, target_lengths):
+                tensor.long().numpy().tofile(handle)
+            scale.float().numpy().tofile(handle)
+        subprocess.run([str(binary), str(inputs), str(outputs)], check=True)
+        values = np.fromfile(outputs, dtype=np.float32)
+        loss = torch.from_numpy(values[:batch].copy()).double()
+        return loss, torch.from_numpy(values[batch:].reshape(batch, frames, vocab).copy()).double()
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "seed,batch,frames,labels,vocab",
+    [(0, 4, 30, 8, 6), (1, 6, 50, 20, 29), (2, 3, 17, 9, 3), (3, 5, 40, 12, 300), (4, 2, 60, 40, 5), (5, 3, 40, 20, 29)],
+)
+def test_cuda_kernels_emulated_agree_with_torch(emulated_kernels, seed, batch, frames, labels, vocab):
+    logits, *rest = _random_case(seed, batch, frames, labels, vocab)
+    logits = logits.float().double()  # the emulation runs in float32
+    loss, grad = emulated_kernels(logits, *rest)
+    expected_loss, expected_grad = _torch64(logits, *rest)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=0)
+    assert float((grad - expected_grad).abs().max()) < 1e-4
+
+
+def test_cuda_kernels_emulated_edge_cases(emulated_kernels):
+    probs = torch.tensor([[[0.5, 0.4, 0.1], [0.6, 0.3, 0.1]]], dtype=torch.float64)
+    loss, grad = emulated_kernels(probs.log(), torch.tensor([[1]]), torch.tensor([2]), torch.tensor([1]))
+    assert float(loss[0]) == pytest.approx(-math.log(0.51), rel=1e-6)
+    occupancy = torch.tensor([[0.15, 0.36, 0.0], [0.24, 0.27, 0.0]], dtype=torch.float64) / 0.51
+    torch.testing.assert_close(grad[0], probs[0] - occupancy, rtol=0, atol=1e-6)
+
+    # unalignable, NaN scores, zero frames, all-blank, and a normal one; incoming gradient 0.5
+    logits = torch.randn(5, 6, 5, generator=torch.Generator().manual_seed(18), dtype=torch.float64)
+    logits[1, 2, 3] = math.nan
+    targets = torch.tensor([[1, 1, 0], [1, 2, 0], [0, 0, 0], [0, 0, 0], [2, 2, 3]])
+    input_lengths, target_lengths = torch.tensor([2, 6, 0, 4, 6]), torch.tensor([2, 2, 0, 0, 3])
+    loss, grad = emulated_kernels(logits, targets, input_lengths, target_lengths, scale=torch.full((5,), 0.5))
+    assert math.isinf(float(loss[0])) and math.isnan(float(loss[1])) and float(loss[2]) == 0.0
+    assert torch.all(grad[:3] == 0) and torch.all(grad[3, 4:] == 0)
+    expected_loss, expected_grad = _torch64(logits[3:], targets[3:], input_lengths[3:], target_lengths[3:])
+    torch.testing.assert_close(loss[3:], expected_loss, rtol=1e-6, atol=0)
+    assert float((grad[3:] - 0.5 * expected_grad).abs().max()) < 1e-5
+
+    # labels of width 0 (every target empty)
+    logits = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(19), dtype=torch.float64)
+    loss, _ = emulated_kernels(logits, torch.zeros(2, 0, dtype=torch.long), torch.tensor([4, 2]), torch.tensor([0, 0]))
+    log_probs = torch.log_softmax(logits, dim=-1)
+    assert loss.tolist() == pytest.approx([-float(log_probs[0, :, 0].sum()), -float(log_probs[1, :2, 0].sum())], rel=1e-6)
+
+
+def test_cuda_kernels_emulated_are_deterministic(emulated_kernels):
+    case = _random_case(20, 4, 40, 15, 29)
+    first, second = emulated_kernels(*case), emulated_kernels(*case)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
