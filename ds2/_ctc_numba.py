@@ -118,6 +118,17 @@ def _log_space(log_emit, state_key, skip, n_frames, need_grad, occupancy):
 
 
 @njit(cache=True, nogil=True)
+def _rescale(values, start, stop, column):
+    """Divide values[start:stop] by their sum ``column``; False if it under- or overflowed."""
+    if not (column > 0.0 and column < np.inf):
+        return False
+    inverse = 1.0 / column
+    for s in range(start, stop):
+        values[s] *= inverse
+    return True
+
+
+@njit(cache=True, nogil=True)
 def _utterance(logits, labels, n_frames, n_labels, blank, need_grad, lse, occupancy, chars_out):
     """Loss of one utterance; fills lse (T,), occupancy (T x keys) and the key characters.
 
@@ -194,12 +205,9 @@ def _utterance_loss(logits, n_frames, n_labels, need_grad, lse, occupancy, chars
             value = (prev[s + 2] + prev[s + 1] + skip[s] * prev[s]) * emit[t, state_key[s]]
             row[s + 2] = value
             column += value
-        if not (column > 0.0 and column < np.inf):
+        if not _rescale(row, lo + 2, hi + 2, column):
             underflow = True
             break
-        inverse = 1.0 / column
-        for s in range(lo, hi):
-            row[s + 2] *= inverse
         log_scale += math.log(column)
     if not underflow:
         end = alpha[n_frames - 1, n_states + 1] + (alpha[n_frames - 1, n_states] if n_states > 1 else 0.0)
@@ -236,12 +244,9 @@ def _utterance_loss(logits, n_frames, n_labels, need_grad, lse, occupancy, chars
                 value = weighted[s] + weighted[s + 1] + skip_next[s] * weighted[s + 2]
                 beta[s] = value
                 column += value
-            if not (column > 0.0 and column < np.inf):
+            if not _rescale(beta, lo, hi, column):
                 underflow = True
                 break
-            inverse = 1.0 / column
-            for s in range(lo, hi):
-                beta[s] *= inverse
             for s in range(hi, n_states):
                 beta[s] = 0.0
         row = alpha[t]

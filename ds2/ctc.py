@@ -244,8 +244,7 @@ def _reduce(losses: torch.Tensor, target_lengths: torch.Tensor, reduction: str) 
 
 
 def _torch_ctc_loss(logits, targets, input_lengths, target_lengths, blank, reduction, zero_infinity):
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    log_probs = F.log_softmax(logits.to(dtype), dim=-1).transpose(0, 1)  # T x B x V
+    log_probs = F.log_softmax(logits.to(_float_dtype(logits)), dim=-1).transpose(0, 1)  # T x B x V
     return F.ctc_loss(
         log_probs, targets, input_lengths, target_lengths,
         blank=blank, reduction=reduction, zero_infinity=zero_infinity,
@@ -296,8 +295,7 @@ class _NumbaKernel:
             losses, lse, occupancy, chars, n_keys, log_space,
         )
         _NumbaKernel.last_log_space = int(log_space.sum())
-        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        return torch.from_numpy(losses).to(dtype), (lse, occupancy, chars, n_keys)
+        return torch.from_numpy(losses).to(_float_dtype(logits)), (lse, occupancy, chars, n_keys)
 
     @staticmethod
     def backward(logits, input_lengths, state, scale):
@@ -310,9 +308,13 @@ class _NumbaKernel:
         return torch.from_numpy(grad)
 
 
+def _float_dtype(logits: torch.Tensor) -> torch.dtype:
+    """What losses come back in: float64 for float64 logits, else float32."""
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
 def _numpy_logits(logits: torch.Tensor) -> np.ndarray:
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    return logits.detach().to(dtype).contiguous().numpy()
+    return logits.detach().to(_float_dtype(logits)).contiguous().numpy()
 
 
 class _CudaKernel:
