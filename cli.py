@@ -1,8 +1,15 @@
-"""ds2 command line: parse options, build the dataclasses, call the library. No logic here."""
+"""ds2 command line: parse options, build the configs, call the library. No logic here.
+
+Options of configured commands are not written here: they are derived from the fields of
+the config dataclasses (ds2.config.option: default, valid range and help, defined once),
+and the configs check their values before any work starts. Installed as ``ds2.cli``
+(console script ``ds2``); nothing else imports this module.
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import sys
@@ -52,15 +59,50 @@ def _friendly_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from ds2.audio import AudioError
-
         try:
             return command(*args, **kwargs)
-        except (ValueError, AudioError, FileNotFoundError) as err:
+        except (ValueError, FileNotFoundError) as err:  # AudioError, ConfigError, ManifestError are ValueErrors
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _with_options(*config_classes, exclude: tuple[str, ...] = (), optional: tuple[str, ...] = ()):
+    """Give a command the options of ``config_classes``, derived from their fields.
+
+    The command is written with its own parameters (arguments, options that are not config
+    fields) and a ``**options`` catch-all; the options derived here replace the catch-all
+    in the signature typer reads. Fields named in ``optional`` default to None on the
+    command line (the command resolves them, e.g. from a tuned decoding.json).
+    """
+    from ds2.config import cli_fields
+
+    def decorate(command):
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        derived = []
+        for config_class in config_classes:
+            for field in cli_fields(config_class, exclude):
+                kind, default = field.type, field.default
+                if field.name in optional:
+                    kind, default = Optional[kind], None
+                annotation = Annotated[kind, typer.Option(help=field.help, show_default=default is not None)]
+                derived.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                                 annotation=annotation))
+        names = [p.name for p in own + derived]
+        duplicated = {name for name in names if names.count(name) > 1}
+        if duplicated:
+            raise TypeError(f"{command.__name__}: options defined twice: {sorted(duplicated)}")
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            return command(**kwargs)
+
+        wrapper.__signature__ = inspect.Signature(own + derived)
+        del wrapper.__wrapped__  # typer must read __signature__, not the catch-all
+        return wrapper
+
+    return decorate
 
 
 def _alphabet(alphabet_file: Optional[Path], alphabet_from: Optional[Path]):
@@ -76,32 +118,30 @@ def _alphabet(alphabet_file: Optional[Path], alphabet_from: Optional[Path]):
     return Alphabet()
 
 
-def _pairs(text: str, name: str) -> tuple:
-    """'41x11,21x11' -> ((41, 11), (21, 11))."""
-    try:
-        return tuple(tuple(int(v) for v in item.split("x")) for item in text.split(","))
-    except ValueError:
-        raise ValueError(f"{name}: expected FxT pairs separated by commas, e.g. 41x11,21x11; got {text!r}") from None
-
-
 # --------------------------------------------------------------------------- prepare
+
+from ds2.decode import BeamSearchOptions, DecodingOptions  # noqa: E402  (options of the commands below)
+from ds2.model import ModelConfig  # noqa: E402
+from ds2.synth import SynthConfig  # noqa: E402
+from ds2.train import TrainConfig  # noqa: E402
+from ds2.tune import TuneOptions  # noqa: E402
 
 
 @prepare_app.command("synth")
 @_friendly_errors
+@_with_options(SynthConfig)
 def prepare_synth(
     out_dir: Annotated[Path, typer.Argument(help="Folder for wav/ and train.json, dev.json, test.json.")],
-    n_train: Annotated[int, typer.Option(help="Training utterances.")] = 2000,
-    n_dev: Annotated[int, typer.Option(help="Dev utterances (unseen sentences and voices).")] = 200,
-    n_test: Annotated[int, typer.Option(help="Test utterances (unseen sentences and voices).")] = 200,
-    seed: Annotated[int, typer.Option(help="Same seed, same corpus.")] = 0,
+    **options,
 ):
     """Synthesize a speech corpus with eSpeak NG (no downloads): grammar-generated sentences,
     several voices, rates and pitches; dev/test hold sentences and voices unseen in training."""
-    from ds2.synth import SynthConfig, synthesize_corpus
+    from ds2.config import from_cli
+    from ds2.synth import synthesize_corpus
 
+    config = from_cli(SynthConfig, options)
     _setup_logging()
-    paths = synthesize_corpus(out_dir, SynthConfig(n_train=n_train, n_dev=n_dev, n_test=n_test, seed=seed))
+    paths = synthesize_corpus(out_dir, config)
     for split, path in paths.items():
         typer.echo(f"{split}: {path}")
 
@@ -114,7 +154,7 @@ def _layout_command(layout: str, root_help: str, summary: str) -> None:
         manifest: Annotated[Path, typer.Argument(help="Output manifest (JSON lines).")],
         alphabet: Annotated[Optional[Path], typer.Option(help="Alphabet JSON to check texts against (default: English).")] = None,
         any_characters: Annotated[bool, typer.Option(help="Do not check characters against an alphabet.")] = False,
-        jobs: Annotated[int, typer.Option(help="Processes reading audio.")] = 1,
+        jobs: Annotated[int, typer.Option(min=1, help="Processes reading audio.")] = 1,
     ):
         from ds2 import prepare
 
@@ -186,72 +226,26 @@ def lm_query(
 
 @app.command()
 @_friendly_errors
+@_with_options(TrainConfig, ModelConfig, exclude=("train_manifest", "dev_manifest", "out_dir"))
 def train(
     train_manifest: Annotated[Path, typer.Argument(help="Training manifest.")],
     dev_manifest: Annotated[Path, typer.Argument(help="Dev manifest: picks the best checkpoint.")],
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Run folder: checkpoints, logs, curves.png.")],
-    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 20,
-    batch_size: Annotated[int, typer.Option(help="Most utterances per minibatch.")] = 32,
-    batch_seconds: Annotated[float, typer.Option(help="Most padded audio seconds per minibatch (0: no limit).")] = 0.0,
-    max_duration: Annotated[Optional[float], typer.Option(help="Skip utterances longer than this (s).")] = None,
-    optimizer: Annotated[str, typer.Option(help="sgd (Nesterov momentum, DS2) or adam.")] = "sgd",
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the first epoch (default: 3e-3 sgd, 1e-3 adam).")] = None,
-    momentum: Annotated[float, typer.Option(help="Nesterov momentum (sgd).")] = 0.99,
-    anneal: Annotated[float, typer.Option(help="Divide the learning rate by this after each epoch.")] = 1.2,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 0.0,
-    grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this.")] = 400.0,
-    sortagrad: Annotated[bool, typer.Option(help="First epoch in increasing length order (SortaGrad).")] = True,
-    conv_layers: Annotated[int, typer.Option(help="2D convolution layers (1-3).")] = 2,
-    conv_channels: Annotated[str, typer.Option(help="Channels per conv layer.")] = "32,32,96",
-    conv_kernels: Annotated[str, typer.Option(help="Filter sizes, frequency x time (DS2's).")] = "41x11,21x11,21x11",
-    conv_strides: Annotated[str, typer.Option(help="Strides, frequency x time.")] = "2x2,2x1,2x1",
-    rnn_type: Annotated[str, typer.Option(help="gru or rnn (simple ReLU RNN).")] = "gru",
-    rnn_layers: Annotated[int, typer.Option(help="Recurrent layers.")] = 3,
-    rnn_hidden: Annotated[int, typer.Option(help="Units per recurrent layer.")] = 256,
-    bidirectional: Annotated[bool, typer.Option(help="Bidirectional (summed) or forward-only recurrent layers.")] = True,
-    batch_norm: Annotated[bool, typer.Option(help="Sequence-wise BatchNorm (DS2).")] = True,
-    lookahead: Annotated[int, typer.Option(help="Row convolution future steps tau (forward-only models).")] = 0,
-    fc_hidden: Annotated[int, typer.Option(help="Units of the fully connected layer.")] = 256,
     alphabet: Annotated[Optional[Path], typer.Option(help="Alphabet JSON (default: English a-z, space, apostrophe).")] = None,
     alphabet_from: Annotated[Optional[Path], typer.Option(help="Build the alphabet from this manifest's texts (any language).")] = None,
-    ctc: Annotated[str, typer.Option(help="CTC loss: auto (our CUDA kernel on a GPU, numba on the CPU), cuda, numba, or torch.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    num_workers: Annotated[int, typer.Option(help="Data loading processes.")] = 1,
-    threads: Annotated[int, typer.Option(help="Torch CPU threads (0: default).")] = 0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="Save last.pt every N steps (and every epoch).")] = 200,
-    max_steps: Annotated[int, typer.Option(help="Stop after N optimizer steps in total (0: no limit).")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue OUT_DIR/last.pt exactly where it stopped.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    **options,
 ):
     """Train a DS2 model with CTC: SortaGrad, Nesterov SGD with gradient clipping and per-epoch
     annealing, best-on-dev checkpoint (best.pt), exact --resume from last.pt."""
-    from ds2.model import ModelConfig
-    from ds2.train import TrainConfig, train as run
+    from ds2.config import from_cli
+    from ds2.train import train as run
 
+    model = from_cli(ModelConfig, options)
+    config = from_cli(TrainConfig, options, train_manifest=str(train_manifest), dev_manifest=str(dev_manifest),
+                      out_dir=str(out_dir), model=model)
+    chosen_alphabet = None if config.resume else _alphabet(alphabet, alphabet_from)
     _setup_logging(out_dir / "train.log")
-    model = ModelConfig(
-        conv_layers=conv_layers,
-        conv_channels=tuple(int(c) for c in conv_channels.split(",")),
-        conv_kernels=_pairs(conv_kernels, "--conv-kernels"),
-        conv_strides=_pairs(conv_strides, "--conv-strides"),
-        rnn_type=rnn_type,
-        rnn_layers=rnn_layers,
-        rnn_hidden=rnn_hidden,
-        bidirectional=bidirectional,
-        batch_norm=batch_norm,
-        lookahead=lookahead,
-        fc_hidden=fc_hidden,
-    )
-    config = TrainConfig(
-        train_manifest=str(train_manifest), dev_manifest=str(dev_manifest), out_dir=str(out_dir),
-        epochs=epochs, batch_size=batch_size, batch_seconds=batch_seconds, max_duration=max_duration,
-        optimizer=optimizer, lr=lr, momentum=momentum, anneal=anneal, weight_decay=weight_decay,
-        grad_clip=grad_clip, sortagrad=sortagrad, seed=seed, num_workers=num_workers, ctc_backend=ctc,
-        device=device, checkpoint_every=checkpoint_every, max_steps=max_steps, threads=threads,
-        resume=resume, progress=progress, model=model,
-    )
-    run(config, None if resume else _alphabet(alphabet, alphabet_from))
+    run(config, chosen_alphabet)
 
 
 # --------------------------------------------------------------------------- decode, transcribe, score
@@ -259,62 +253,53 @@ def train(
 
 @app.command()
 @_friendly_errors
+@_with_options(DecodingOptions, BeamSearchOptions, optional=("alpha", "beta"))
 def decode(
     checkpoint: Annotated[Optional[Path], typer.Argument(help="Model checkpoint (best.pt); not needed with --logprobs.")],
     manifest: Annotated[Path, typer.Argument(help="Manifest to decode.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output manifest: the input records plus pred_text.")],
     lm: Annotated[Optional[Path], typer.Option(help="KenLM model (lm.bin from `ds2 lm build`): beam search instead of greedy.")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="LM weight, on the LM's NATURAL-log probability (default: decoding.json beside the checkpoint from `ds2 tune`, else 0.5).")] = None,
-    beta: Annotated[Optional[float], typer.Option(help="Bonus per word (default: decoding.json beside the checkpoint, else 1.0).")] = None,
-    beam_width: Annotated[int, typer.Option(help="Beams kept per step.")] = 100,
-    prune_p: Annotated[float, typer.Option(help="DS2 pruning: per frame, the fewest characters whose probability reaches p (1: off).")] = 0.99,
-    prune_top: Annotated[int, typer.Option(help="DS2 pruning: at most this many characters per frame.")] = 40,
-    jobs: Annotated[int, typer.Option(help="Beam search processes (0: one per core).")] = 0,
     save_logprobs: Annotated[Optional[Path], typer.Option(help="Save the acoustic model's log-probs here for later decoding.")] = None,
     logprobs: Annotated[Optional[Path], typer.Option(help="Decode saved log-probs instead of running the model.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Utterances per forward pass.")] = 32,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
-    num_workers: Annotated[int, typer.Option(help="Data loading processes.")] = 1,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    **options,
 ):
     """Decode a manifest: greedy (best path) by default, n-gram LM beam search with --lm
     (DS2 pruning per frame). Writes the input records with pred_text added."""
-    from ds2.decode import BeamSearchOptions, DecodingOptions, decode_manifest
+    from ds2.config import from_cli
+    from ds2.decode import beam_options, decode_manifest
 
-    _setup_logging()
     if checkpoint is None and logprobs is None:
         raise ValueError("give a checkpoint or --logprobs")
-    options = DecodingOptions(batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)
+    decoding = from_cli(DecodingOptions, options)
     beam = None
     if lm is not None:
-        from ds2.tune import load_decoding_defaults
-
-        tuned = load_decoding_defaults(checkpoint)
-        alpha = alpha if alpha is not None else tuned.get("alpha", 0.5)
-        beta = beta if beta is not None else tuned.get("beta", 1.0)
-        log.info("LM beam search: alpha=%s beta=%s%s", alpha, beta, " (tuned)" if tuned else "")
-        beam = BeamSearchOptions(str(lm), alpha=alpha, beta=beta, beam_width=beam_width,
-                                 prune_p=prune_p, prune_top=prune_top, jobs=jobs)
-    count = decode_manifest(checkpoint, manifest, output, options, beam, save_logprobs, logprobs)
+        others = {k: options[k] for k in ("beam_width", "prune_p", "prune_top", "jobs")}
+        beam, tuned = beam_options(lm, checkpoint or logprobs, options["alpha"], options["beta"], **others)
+    _setup_logging()
+    if beam is not None:
+        log.info("LM beam search: alpha=%s beta=%s%s", beam.alpha, beam.beta, " (tuned)" if tuned else "")
+    count = decode_manifest(checkpoint, manifest, output, decoding, beam, save_logprobs, logprobs)
     typer.echo(f"{output}: {count} hypotheses ({'beam search with ' + str(lm) if lm else 'greedy'})")
 
 
 @app.command()
 @_friendly_errors
+@_with_options(TuneOptions)
 def tune(
     logprobs: Annotated[Path, typer.Argument(help="Dev log-probs saved by `ds2 decode --save-logprobs`.")],
     manifest: Annotated[Path, typer.Argument(help="The dev manifest those log-probs belong to.")],
     lm: Annotated[Path, typer.Option(help="KenLM model (lm.bin).")],
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="The model's folder: tune.csv, tune.png, decoding.json go here.")],
-    beam_width: Annotated[int, typer.Option(help="Beam width while tuning.")] = 32,
-    jobs: Annotated[int, typer.Option(help="Beam search processes (0: one per core).")] = 0,
+    **options,
 ):
     """Tune the LM weight alpha and word bonus beta on dev: coarse grid, then a finer one around
     the best. The best pair goes to OUT_DIR/decoding.json, the default of `ds2 decode --lm`."""
+    from ds2.config import from_cli
     from ds2.tune import tune as run
 
+    config = from_cli(TuneOptions, options)
     _setup_logging()
-    best = run(logprobs, manifest, lm, out_dir, beam_width, jobs)
+    best = run(logprobs, manifest, lm, out_dir, config)
     typer.echo(f"best alpha={best['alpha']} beta={best['beta']}: dev WER {best['dev_wer']}% -> {out_dir / 'decoding.json'}")
 
 
@@ -325,11 +310,20 @@ def transcribe(
     files: Annotated[list[Path], typer.Argument(help="Audio files (any rate, mono or stereo).")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
 ):
-    """Print the text of each audio file, one line each, in the order given."""
+    """Print the text of each audio file, one line each, in the order given. A file that
+    cannot be read gives an empty line and a message on stderr; the others are still
+    transcribed, and the exit status is 1 at the end."""
     from ds2.decode import transcribe as run
 
-    for text in run(checkpoint, files, device):
-        typer.echo(text)
+    failed = 0
+    for transcript in run(checkpoint, files, device):
+        if transcript.error:
+            failed += 1
+            typer.echo(f"error: {transcript.error}", err=True)
+        typer.echo(transcript.text or "")
+    if failed:
+        typer.echo(f"error: {failed} of {len(files)} files could not be transcribed", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -338,13 +332,16 @@ def score(
     hypotheses: Annotated[Path, typer.Argument(help="Manifest with reference (text) and hypothesis (pred_text) fields.")],
     ref_field: Annotated[str, typer.Option(help="Field holding the reference.")] = "text",
     hyp_field: Annotated[str, typer.Option(help="Field holding the hypothesis.")] = "pred_text",
+    normalize: Annotated[bool, typer.Option(help="Score both texts after ds2's scoring normalization (lower case, "
+                                            "no punctuation), as training and tuning do; --no-normalize compares "
+                                            "them as written (sclite -s).")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON here.")] = None,
 ):
     """WER and CER with correct/substitution/deletion/insertion counts (sclite's alignment)."""
-    from ds2.data import atomic_write
+    from ds2.io import atomic_write
     from ds2.metrics import score_manifest
 
-    report = score_manifest(hypotheses, ref_field=ref_field, hyp_field=hyp_field)
+    report = score_manifest(hypotheses, ref_field=ref_field, hyp_field=hyp_field, normalize=normalize)
     typer.echo(report.format())
     if json_out:
         with atomic_write(json_out) as handle:

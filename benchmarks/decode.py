@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import time
 
+from dataclasses import replace
+
 from ds2.data import read_manifest
-from ds2.decode import BeamSearchOptions, decode_cache, load_log_probs
+from ds2.decode import beam_options, decode_cache, load_log_probs
 from ds2.metrics import score_pairs
 from ds2.text import Alphabet
-from ds2.tune import load_decoding_defaults
 
 
 def main() -> None:
@@ -38,15 +39,14 @@ def main() -> None:
     indices = sorted(cache["log_probs"])[: args.limit or None]
     cache = {**cache, "log_probs": {i: cache["log_probs"][i] for i in indices}}
     audio_seconds = sum(records[i]["duration"] for i in indices)
-    tuned = load_decoding_defaults(args.logprobs)
-    alpha = args.alpha if args.alpha is not None else tuned.get("alpha", 0.5)
-    beta = args.beta if args.beta is not None else tuned.get("beta", 1.0)
+    base, _ = beam_options(args.lm, args.logprobs, args.alpha, args.beta, jobs=1)
+    alpha, beta = base.alpha, base.beta
 
     def measure(options):
         start = time.perf_counter()
         hypotheses = decode_cache(cache, options)
         seconds = time.perf_counter() - start
-        report = score_pairs((alphabet.normalize(records[i]["text"]), hypotheses[i]) for i in indices)
+        report = score_pairs((records[i]["text"], hypotheses[i]) for i in indices)
         return report.wer, report.cer, seconds / audio_seconds
 
     print(f"{len(indices)} utterances, {audio_seconds:.0f} s of audio; alpha={alpha} beta={beta}; one process")
@@ -56,10 +56,8 @@ def main() -> None:
     print(f"| greedy | - | - | {wer:.2f} | {cer:.2f} | {rtf:.5f} |", flush=True)
     for beam in (int(b) for b in args.beams.split(",")):
         for pruning in (True, False):
-            options = BeamSearchOptions(
-                args.lm, alpha=alpha, beta=beta, beam_width=beam, jobs=1,
-                prune_p=0.99 if pruning else 1.0, prune_top=40 if pruning else len(alphabet),
-            )
+            options = replace(base, beam_width=beam, prune_p=base.prune_p if pruning else 1.0,
+                              prune_top=base.prune_top if pruning else len(alphabet))
             wer, cer, rtf = measure(options)
             print(f"| LM | {beam} | {'yes' if pruning else 'no'} | {wer:.2f} | {cer:.2f} | {rtf:.4f} |", flush=True)
 

@@ -1,9 +1,8 @@
-"""Audio loading and DS2 features.
+"""Audio: the constants of the signal the model hears, loading, resampling, frames <-> seconds.
 
 Everything the model hears goes through :func:`load_audio` (soundfile, downmix to mono,
-resample to 16 kHz with torchaudio) and :func:`spectrogram` (log power spectrogram with
-20 ms windows and a 10 ms hop: 161 frequency bins at 16 kHz, each utterance normalized
-to zero mean and unit variance per frequency bin).
+resample to 16 kHz with torchaudio), then :func:`ds2.features.spectrogram`. The window and
+hop defined here fix the frame rate: FRAMES_PER_SECOND spectrogram frames per second.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ N_FFT = SAMPLE_RATE * WINDOW_MS // 1000  # 320 samples
 HOP_LENGTH = SAMPLE_RATE * HOP_MS // 1000  # 160 samples
 N_FREQ = N_FFT // 2 + 1  # 161 bins
 FRAMES_PER_SECOND = 1000 // HOP_MS  # 100
-LOG_EPS = 1e-10  # floor under the power spectrum before the log
 
 
 class AudioError(ValueError):
@@ -87,57 +85,19 @@ def resample(waveform: torch.Tensor, rate: int, target_rate: int = SAMPLE_RATE) 
     return AF.resample(waveform, rate, target_rate)
 
 
-def spectrogram(waveform: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-    """DS2 input features.
-
-    Parameters
-    ----------
-    waveform: torch.Tensor, shape = (n_samples,), 16 kHz.
-    normalize: subtract the utterance's mean and divide by its standard deviation,
-        per frequency bin (DS2's per-utterance normalization).
-
-    Returns
-    -------
-    torch.Tensor, shape = (N_FREQ, n_frames) with n_frames = 1 + n_samples // HOP_LENGTH.
-    """
-    if waveform.numel() < N_FFT:  # stft needs one full window; pad very short clips
-        waveform = torch.nn.functional.pad(waveform, (0, N_FFT - waveform.numel()))
-    window = _hamming(waveform.device, waveform.dtype)
-    stft = torch.stft(
-        waveform,
-        n_fft=N_FFT,
-        hop_length=HOP_LENGTH,
-        window=window,
-        center=True,
-        return_complex=True,
-    )  # (N_FREQ, n_frames)
-    features = torch.log(stft.real.square() + stft.imag.square() + LOG_EPS)
-    if normalize:
-        mean = features.mean(dim=1, keepdim=True)
-        std = features.std(dim=1, keepdim=True)
-        features = (features - mean) / (std + 1e-5)
-    return features
-
-
 def n_frames(n_samples: int) -> int:
     """Number of spectrogram frames for a waveform of ``n_samples`` (centered STFT)."""
     return 1 + max(n_samples, N_FFT) // HOP_LENGTH
 
 
+def frames_to_seconds(n_frames: float) -> float:
+    """Seconds of audio that ``n_frames`` spectrogram frames cover (one hop each)."""
+    return n_frames / FRAMES_PER_SECOND
+
+
 def duration_to_frames(seconds: float) -> int:
     """Spectrogram frames for ``seconds`` of audio at SAMPLE_RATE."""
     return n_frames(int(math.floor(seconds * SAMPLE_RATE)))
-
-
-_WINDOWS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-
-def _hamming(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    # Keyed by dtype too: a window made under another default dtype would change the
-    # dtype of every later spectrogram.
-    if (device, dtype) not in _WINDOWS:
-        _WINDOWS[device, dtype] = torch.hamming_window(N_FFT, device=device, dtype=dtype)
-    return _WINDOWS[device, dtype]
 
 
 def _reason(err: Exception) -> str:

@@ -10,7 +10,12 @@ each frame), times the incoming gradient. Backends:
 - ``"torch"``: log_softmax + torch.nn.functional.ctc_loss, the peer the others are checked
   against.
 - ``"auto"``: cuda for CUDA tensors when the extension builds, numba on the CPU; torch when
-  ours cannot load (with a one-time warning).
+  ours cannot load, with a warning in the log that gives the reason. Training records the
+  backend that ran (train.log, run.json, the checkpoints). ``"cuda"`` and ``"numba"`` never
+  fall back: they fail with the reason (for cuda, the compiler's error).
+
+The CUDA sources ship inside the package (``ds2.cuda``, mapped from the repository's cuda/
+by setup.cfg), so they are found after any kind of install.
 
 Ours and torch agree on the loss; they differ where the loss is infinite (an utterance whose
 labels do not fit its frames): torch's gradient there is NaN, ours is zero, so one
@@ -27,10 +32,11 @@ label plus one blank between every pair of equal neighbouring labels.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.resources
 import logging
 import os
-import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,7 +50,6 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "cuda", "numba", "torch")
 REDUCTIONS = ("none", "sum", "mean")
-CUDA_SOURCES = Path(__file__).resolve().parent.parent / "cuda"
 
 
 def ctc_loss(
@@ -105,12 +110,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if device.type != "cuda":
             raise ValueError("the cuda CTC backend needs CUDA tensors; use --ctc numba or auto on the CPU")
         if _cuda_extension() is None:
-            raise RuntimeError(f"the CUDA CTC extension could not be built: {_cuda_extension_error}")
+            raise ValueError(f"--ctc cuda: the CUDA CTC kernel could not be built:\n{_cuda_extension_error}")
     if backend == "numba":
         if device.type != "cpu":
             raise ValueError("the numba CTC backend needs CPU tensors; use --ctc cuda or auto on the GPU")
         if _numba_kernels() is None:
-            raise RuntimeError("numba is not installed; pip install numba, or use --ctc torch")
+            raise ValueError(f"--ctc numba: the numba CTC kernel cannot load ({_numba_error}); use --ctc torch")
     return backend
 
 
@@ -278,8 +283,13 @@ class _NumbaKernel:
 
     @staticmethod
     def forward(logits, labels, input_lengths, target_lengths, blank, need_grad):
+        with _torch_threads_kept() as threads:
+            return _NumbaKernel._forward(logits, labels, input_lengths, target_lengths, blank, need_grad, threads)
+
+    @staticmethod
+    def _forward(logits, labels, input_lengths, target_lengths, blank, need_grad, threads):
         kernels = _numba_kernels()
-        kernels.set_threads(torch.get_num_threads())
+        kernels.set_threads(threads)
         batch, n_frames, vocab = logits.shape
         values = _numpy_logits(logits)
         labels = labels.contiguous().numpy()
@@ -302,10 +312,28 @@ class _NumbaKernel:
         lse, occupancy, chars, n_keys = state
         values = _numpy_logits(logits)
         grad = np.empty(values.shape, dtype=values.dtype)
-        _numba_kernels().backward(
-            values, input_lengths.numpy(), scale.double().contiguous().numpy(), lse, occupancy, chars, n_keys, grad
-        )
+        with _torch_threads_kept():
+            _numba_kernels().backward(
+                values, input_lengths.numpy(), scale.double().contiguous().numpy(), lse, occupancy, chars, n_keys, grad
+            )
         return torch.from_numpy(grad)
+
+
+@contextlib.contextmanager
+def _torch_threads_kept():
+    """Yield torch's CPU thread count and restore it afterwards.
+
+    numba's OpenMP threading layer shares libgomp with torch, and its first parallel launch
+    leaves numba's own thread count there: torch ops after it would silently run on more
+    threads than ``torch.set_num_threads`` asked for, in another summation order (which
+    broke the bitwise-exact --resume with ``--threads 1``).
+    """
+    threads = torch.get_num_threads()
+    try:
+        yield threads
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _float_dtype(logits: torch.Tensor) -> torch.dtype:
@@ -334,12 +362,17 @@ class _CudaKernel:
         )
 
 
+_numba_error = "not tried"
+
+
 @lru_cache(maxsize=None)
 def _numba_kernels():
+    global _numba_error
     try:
         from ds2 import _ctc_numba
     except ImportError as error:
-        warnings.warn(f"numba CTC kernel unavailable ({error}); using torch's CTC on the CPU", stacklevel=3)
+        _numba_error = f"{type(error).__name__}: {error}"
+        log.warning("numba CTC kernel unavailable (%s); --ctc auto uses torch's CTC on the CPU", _numba_error)
         return None
     log.info("numba CTC kernel: the first call after an install compiles it (~10 s), later runs load it from the cache")
     return _ctc_numba
@@ -356,11 +389,18 @@ def _cuda_extension():
     try:
         extension = build_cuda_extension()
     except Exception as error:  # compiler missing, CUDA toolkit mismatch, ...
-        _cuda_extension_error = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
-        warnings.warn(f"CUDA CTC kernel unavailable ({_cuda_extension_error}); using torch's CTC on the GPU", stacklevel=3)
+        lines = str(error).strip().splitlines()
+        _cuda_extension_error = f"{type(error).__name__}: " + "\n".join(lines[-20:])
+        log.warning("CUDA CTC kernel unavailable; --ctc auto uses torch's CTC on the GPU. The build said:\n%s",
+                    _cuda_extension_error)
         return None
     _cuda_extension_error = ""
     return extension
+
+
+def cuda_sources() -> Path:
+    """The folder of the CUDA sources, inside the installed package (ds2.cuda)."""
+    return Path(str(importlib.resources.files("ds2.cuda")))
 
 
 def build_cuda_extension(verbose: bool = False):
@@ -371,16 +411,17 @@ def build_cuda_extension(verbose: bool = False):
     """
     from torch.utils import cpp_extension
 
+    sources_dir = cuda_sources()
     if not os.environ.get("CUDA_HOME") and Path("/usr/local/cuda/bin/nvcc").exists():
         # torch guesses CUDA_HOME from the nvcc on PATH, which may be a bare symlink
         os.environ["CUDA_HOME"] = cpp_extension.CUDA_HOME = "/usr/local/cuda"
-    sources = [CUDA_SOURCES / "ctc_binding.cpp", CUDA_SOURCES / "ctc_kernel.cu"]
+    sources = [sources_dir / "ctc_binding.cpp", sources_dir / "ctc_kernel.cu"]
     missing = [str(path) for path in sources if not path.exists()]
     if missing:
         raise FileNotFoundError(f"CUDA sources not found: {', '.join(missing)}")
     # torch rebuilds when a listed source changes, not a header: name the build by all of cuda/
     digest = hashlib.sha1()
-    for path in sorted(CUDA_SOURCES.iterdir()):
+    for path in sorted(sources_dir.iterdir()):
         if path.suffix in (".cu", ".cuh", ".cpp", ".h"):
             digest.update(path.name.encode() + path.read_bytes())
     return cpp_extension.load(

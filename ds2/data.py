@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +23,11 @@ from pathlib import Path
 import torch
 
 from ds2 import audio
+from ds2.features import spectrogram
+from ds2.io import atomic_write
 from ds2.text import Alphabet
 
 REQUIRED_FIELDS = ("audio_filepath", "duration", "text")
-
-
-# The process umask, read once (os.umask can only be read by setting it, which is not
-# thread-safe): files written through atomic_write get the permissions open() would give.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class ManifestError(ValueError):
@@ -41,30 +35,6 @@ class ManifestError(ValueError):
 
 
 # --------------------------------------------------------------------------- files
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8"):
-    """Open a temporary file beside ``path``; rename it over ``path`` only on success.
-
-    A crash or an exception leaves the previous ``path`` (if any) untouched and no
-    partial file behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would
-        kwargs = {} if "b" in mode else {"encoding": encoding}
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
 
 
 def read_manifest(path: str | Path, resolve_paths: bool = True) -> Iterator[dict]:
@@ -127,7 +97,9 @@ def write_manifest(path: str | Path, records: Iterable[dict], relative_to_manife
             if relative_to_manifest and "audio_filepath" in record:
                 audio_path = Path(record["audio_filepath"])
                 if audio_path.is_absolute():
-                    with contextlib.suppress(ValueError):
+                    # ValueError: not under base; RuntimeError/OSError: a path that cannot be
+                    # resolved (a symlink loop, in a rejects manifest) stays as it is.
+                    with contextlib.suppress(ValueError, RuntimeError, OSError):
                         record["audio_filepath"] = str(audio_path.resolve().relative_to(base))
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
@@ -202,7 +174,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             )
         except audio.AudioError as err:
             return index, f"{self.manifest}:{record['line']}: {err}"
-        features = audio.spectrogram(waveform)
+        features = spectrogram(waveform)
         return Example(features, torch.tensor(record["labels"], dtype=torch.long), index)
 
 
@@ -285,3 +257,20 @@ def epoch_batch_order(n_batches: int, epoch: int, seed: int, sortagrad: bool = T
         return order
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
     return order
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # the main process owns the cores for the model
+
+
+def make_loader(dataset: SpeechDataset, batches: list[list[int]], num_workers: int) -> torch.utils.data.DataLoader:
+    """Batches of ``dataset`` (lists of its indices, in the order given) as padded Batch
+    objects, read by ``num_workers`` forked processes (0: in this process)."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batches,
+        collate_fn=collate,
+        num_workers=num_workers,
+        worker_init_fn=_worker_init if num_workers else None,
+        multiprocessing_context="fork" if num_workers else None,
+    )

@@ -1,15 +1,21 @@
 """Decoding: from the model's outputs to text.
 
 Greedy (best path) decoding takes the most likely symbol at every output step, merges
-repeats and drops blanks. It is DS2's no-language-model baseline.
+repeats and drops blanks: DS2's no-language-model baseline. LM beam search (pyctcdecode
+over a KenLM model) maximizes log p_ctc + alpha log p_lm + beta words, with DS2's
+per-frame pruning. The acoustic model runs once per manifest; its log-probs can be cached
+and decoded again (``ds2 tune`` searches alpha and beta on them).
+
+The decoding defaults live here, once: :class:`DecodingOptions`, :class:`BeamSearchOptions`,
+and ``decoding.json`` beside a model (written by ``ds2 tune``), which
+:func:`beam_options` reads for an alpha or beta the caller did not give.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import multiprocessing
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +25,29 @@ import torch
 from tqdm import tqdm
 
 from ds2 import audio
-from ds2.data import SpeechDataset, make_batches, write_manifest
+from ds2.checkpoint import load_model
+from ds2.config import check, option
+from ds2.data import SpeechDataset, make_batches, make_loader, read_manifest, write_manifest
+from ds2.features import spectrogram
+from ds2.io import atomic_write, load_torch_file, process_map, select_device
 from ds2.text import BLANK, Alphabet
 
 log = logging.getLogger("ds2.decode")
 
+DECODING_FILE = "decoding.json"  # tuned alpha/beta beside a model (ds2 tune writes it)
+
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    batch_size: int = 32  # utterances per forward pass
-    device: str = "auto"  # "auto", "cpu", "cuda", ...
-    num_workers: int = 1  # data loading processes
-    progress: bool = True
+    """How the acoustic model runs over a manifest."""
+
+    batch_size: int = option(32, "Utterances per forward pass.", min=1)
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    num_workers: int = option(1, "Data loading processes (0: in this process).", min=0)
+    progress: bool = option(True, "Show a progress bar.")
+
+    def __post_init__(self):
+        check(self)
 
 
 def greedy_decode(logits: torch.Tensor, lengths: torch.Tensor, alphabet: Alphabet) -> list[str]:
@@ -61,21 +78,50 @@ class BeamSearchOptions:
     scores to natural log before weighting); beta is added once per word.
     """
 
-    lm: str  # lm.bin (or .arpa) from `ds2 lm build`
-    unigrams: str | None = None  # unigrams.txt beside it (default: found next to the LM)
-    alpha: float = 0.5
-    beta: float = 1.0
-    beam_width: int = 100
-    prune_p: float = 0.99  # DS2 pruning: the fewest characters whose probability sums to p ...
-    prune_top: int = 40  # ... and at most this many per frame; prune_p >= 1 and top >= V: off
-    jobs: int = 0  # decoding processes (0: one per core)
+    lm: str = option("", "KenLM model (lm.bin or .arpa from `ds2 lm build`).", cli=False)
+    unigrams: str | None = option(None, "unigrams.txt of the LM (default: found beside it).", cli=False)
+    alpha: float = option(0.5, "LM weight, on the LM's NATURAL-log probability "
+                          "(default: decoding.json beside the checkpoint from `ds2 tune`, else 0.5).")
+    beta: float = option(1.0, "Bonus per word (default: decoding.json beside the checkpoint, else 1.0).")
+    beam_width: int = option(100, "Beams kept per step.", min=1)
+    prune_p: float = option(0.99, "DS2 pruning: per frame, the fewest characters whose probability "
+                            "reaches p (1: off).", above=0, max=1)
+    prune_top: int = option(40, "DS2 pruning: at most this many characters per frame.", min=1)
+    jobs: int = option(0, "Beam search processes (0: one per core).", min=0)
 
     def __post_init__(self):
-        for name in ("alpha", "beta", "prune_p"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
-        if self.beam_width < 1 or self.prune_top < 1 or not 0 < self.prune_p:
-            raise ValueError("beam_width and prune_top must be >= 1 and prune_p > 0")
+        check(self)
+
+
+def load_decoding_defaults(model_path: str | Path | None) -> dict:
+    """decoding.json beside a checkpoint or a log-prob cache ({} if there is none)."""
+    if model_path is None:
+        return {}
+    path = Path(model_path).parent / DECODING_FILE
+    if not path.exists():
+        return {}
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON decoding file ({err})") from None
+    if not all(isinstance(values.get(key), (int, float)) and math.isfinite(values[key]) for key in ("alpha", "beta")):
+        raise ValueError(f"{path}: alpha/beta must be finite numbers")
+    return values
+
+
+def beam_options(lm: str | Path, model_path: str | Path | None = None, alpha: float | None = None,
+                 beta: float | None = None, **others) -> tuple[BeamSearchOptions, bool]:
+    """LM beam-search options: alpha and beta as given, else from decoding.json beside
+    ``model_path`` (a checkpoint or a log-prob cache), else the defaults of
+    BeamSearchOptions. Returns (options, tuned): whether decoding.json supplied a value."""
+    tuned = load_decoding_defaults(model_path)
+    defaults = BeamSearchOptions()
+    values = dict(
+        alpha=alpha if alpha is not None else tuned.get("alpha", defaults.alpha),
+        beta=beta if beta is not None else tuned.get("beta", defaults.beta),
+    )
+    used_tuned = bool(tuned) and (alpha is None or beta is None)
+    return BeamSearchOptions(lm=str(lm), **values, **others), used_tuned
 
 
 def ds2_prune(log_probs: np.ndarray, p: float = 0.99, top: int = 40) -> np.ndarray:
@@ -131,18 +177,7 @@ def beam_decode(log_probs: list[np.ndarray], alphabet: Alphabet, options: BeamSe
     global _BEAM_DECODER
     _BEAM_DECODER = build_beam_decoder(alphabet, options)
     tasks = [(lp, options.beam_width, options.prune_p, options.prune_top) for lp in log_probs]
-    jobs = options.jobs or os.cpu_count() or 1
-    if jobs == 1 or len(tasks) < 2:
-        return [_beam_decode_one(task) for task in tasks]
-    with multiprocessing.get_context("fork").Pool(jobs) as pool:
-        return pool.map(_beam_decode_one, tasks, chunksize=max(1, len(tasks) // (4 * jobs)))
-
-
-def select_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else as torch names it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return list(process_map(_beam_decode_one, tasks, options.jobs))
 
 
 @torch.no_grad()
@@ -151,8 +186,6 @@ def run_model(model, dataset: SpeechDataset, options: DecodingOptions) -> Iterat
 
     Yields (dataset indices, logits (B, T, V) on the CPU, output lengths (B,), failures).
     """
-    from ds2.train import make_loader
-
     device = select_device(options.device)
     model.to(device).eval()
     batches = make_batches(dataset.durations, math.inf, options.batch_size)
@@ -171,8 +204,6 @@ def compute_log_probs(checkpoint: str | Path, manifest: str | Path, options: Dec
     Returns {"alphabet": symbols, "log_probs": {index: tensor (T, V) natural log},
     "errors": {index: message}}; indices are positions in the manifest's records.
     """
-    from ds2.train import load_model
-
     model, alphabet = load_model(checkpoint)
     dataset = SpeechDataset(manifest, alphabet, require_labels=False)
     log_probs: dict[int, torch.Tensor] = {}
@@ -188,20 +219,13 @@ def compute_log_probs(checkpoint: str | Path, manifest: str | Path, options: Dec
 
 def save_log_probs(cache: dict, path: str | Path) -> None:
     """Write a compute_log_probs() result atomically (loads with weights_only=True)."""
-    from ds2.data import atomic_write
-
     with atomic_write(path, "wb") as handle:
         torch.save(cache, handle)
 
 
 def load_log_probs(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{path}: log-prob cache not found")
-    try:
-        cache = torch.load(path, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable log-prob cache ({type(err).__name__})") from None
+    """A compute_log_probs() result saved by save_log_probs (weights_only loading)."""
+    cache = load_torch_file(path, "log-prob cache")
     if not isinstance(cache, dict) or "log_probs" not in cache:
         raise ValueError(f"{path}: not a ds2 log-prob cache")
     return cache
@@ -234,8 +258,6 @@ def decode_manifest(
     Entries whose audio cannot be read keep an empty ``pred_text`` and an ``error`` field
     (they count as errors when scored, and nothing is dropped). Returns the number written.
     """
-    from ds2.data import read_manifest
-
     cache = load_log_probs(logprobs) if logprobs else compute_log_probs(checkpoint, manifest, options)
     if save_logprobs:
         save_log_probs(cache, save_logprobs)
@@ -249,17 +271,28 @@ def decode_manifest(
     return write_manifest(out_path, records)
 
 
-@torch.no_grad()
-def transcribe(checkpoint: str | Path, paths: list[str | Path], device: str = "auto") -> list[str]:
-    """Greedy transcripts of audio files, in the order given. Raises AudioError naming a bad file."""
-    from ds2.train import load_model
+@dataclass(frozen=True)
+class Transcript:
+    path: str
+    text: str | None  # None when the file could not be used
+    error: str | None = None
 
+
+@torch.no_grad()
+def transcribe(checkpoint: str | Path, paths: list[str | Path], device: str = "auto") -> Iterator[Transcript]:
+    """Greedy transcripts of audio files, in the order given, one at a time.
+
+    A file that cannot be read gives a Transcript with ``error`` (naming the file) and the
+    rest are transcribed; a bad checkpoint raises ValueError before any file is read.
+    """
     target = select_device(device)
     model, alphabet = load_model(checkpoint, target)
-    texts = []
     for path in paths:
-        features = audio.spectrogram(audio.load_audio(path))  # N_FREQ x T
+        try:
+            features = spectrogram(audio.load_audio(path))  # N_FREQ x T
+        except audio.AudioError as err:
+            yield Transcript(str(path), None, str(err))
+            continue
         lengths = torch.tensor([features.shape[1]], device=target)
         logits, output_lengths = model(features.unsqueeze(0).to(target), lengths)
-        texts.extend(greedy_decode(logits, output_lengths, alphabet))
-    return texts
+        yield Transcript(str(path), greedy_decode(logits, output_lengths, alphabet)[0])

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ds2.data import atomic_write
+from ds2.io import atomic_write
 from ds2.text import Alphabet
 
 log = logging.getLogger("ds2.lm")

@@ -10,9 +10,15 @@ the insertion, then the deletion. :func:`align_counts` does the same, so Corr, S
 Ins and N are sclite's exactly (``tests/test_metrics.py`` checks this against the real
 binary).
 
-Texts are compared as given: case-sensitive (sclite's ``-s``), tokens taken literally
-(sclite's markup such as ``@``, ``(optionally deletable)`` or ``{alt / alt}`` means
-nothing here). Normalize first with :func:`ds2.text.normalize`.
+One normalization for scoring: :func:`score_pairs` and :func:`score_manifest` (so
+``ds2 score``), training's dev evaluation, ``ds2 tune`` and the benchmarks all compare
+:func:`scoring_text` of the reference and of the hypothesis (:func:`ds2.text.normalize`:
+lower case, punctuation removed, whitespace collapsed), so the same hypotheses get the
+same WER wherever they are scored, whatever the manifest's casing or punctuation. With
+``normalize=False`` texts are compared as given: case-sensitive (sclite's ``-s``), tokens
+taken literally (sclite's markup such as ``@``, ``(optionally deletable)`` or
+``{alt / alt}`` means nothing here). :func:`word_errors` and :func:`char_errors` always
+compare as given.
 
 - Words are the whitespace-separated tokens of a text.
 - Characters are those of the words joined by single spaces, so by default the space
@@ -39,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ds2.data import ManifestError, read_manifest
+from ds2.text import normalize as _normalize
 
 # sclite's default alignment weights (SCTK src/sclite/word.c, wwd_WORD).
 CORRECT_COST = 0
@@ -156,6 +163,12 @@ def align_counts(reference: Sequence[str], hypothesis: Sequence[str]) -> ErrorCo
     return ErrorCounts(n_ref, correct, substitutions, deletions, insertions)
 
 
+def scoring_text(text: str) -> str:
+    """A transcript as every ds2 score sees it: :func:`ds2.text.normalize` (NFC, lower case,
+    punctuation removed, apostrophes kept inside words, whitespace collapsed)."""
+    return _normalize(text)
+
+
 def word_errors(reference: str, hypothesis: str) -> ErrorCounts:
     """sclite word counts of two texts split on whitespace."""
     return align_counts(reference.split(), hypothesis.split())
@@ -211,18 +224,26 @@ class ScoreReport:
         return "\n".join(lines)
 
 
-def score_pairs(pairs: Iterable[tuple[str, str]]) -> ScoreReport:
-    """Score (reference, hypothesis) text pairs; counts are summed, not rates averaged."""
+def score_pairs(pairs: Iterable[tuple[str, str]], normalize: bool = True) -> ScoreReport:
+    """Score (reference, hypothesis) text pairs; counts are summed, not rates averaged.
+
+    Both texts go through :func:`scoring_text` first unless ``normalize`` is False.
+    """
     n_utterances, words, chars = 0, ZERO, ZERO
     for reference, hypothesis in pairs:
+        if normalize:
+            reference, hypothesis = scoring_text(reference), scoring_text(hypothesis)
         n_utterances += 1
         words += word_errors(reference, hypothesis)
         chars += char_errors(reference, hypothesis)
     return ScoreReport(n_utterances, words, chars)
 
 
-def score_manifest(path: str | Path, ref_field: str = "text", hyp_field: str = "pred_text") -> ScoreReport:
-    """Score a JSON-lines manifest whose records hold a reference and a hypothesis.
+def score_manifest(
+    path: str | Path, ref_field: str = "text", hyp_field: str = "pred_text", normalize: bool = True
+) -> ScoreReport:
+    """Score a JSON-lines manifest whose records hold a reference and a hypothesis
+    (normalized by :func:`scoring_text` unless ``normalize`` is False).
 
     Raises ManifestError (a ValueError) naming ``path:line`` for a record without
     either field or with a field that is not a string.
@@ -236,4 +257,4 @@ def score_manifest(path: str | Path, ref_field: str = "text", hyp_field: str = "
                     raise ManifestError(f"{path}:{record['line']}: {problem} {field!r}")
             yield record[ref_field], record[hyp_field]
 
-    return score_pairs(pairs())
+    return score_pairs(pairs(), normalize)

@@ -17,12 +17,13 @@ enters a real time step.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
 from ds2 import audio
+from ds2.config import ConfigError, check, flag_name, option, parse_ints, parse_pairs, show_ints, show_pairs
 
 CLIP = 20.0  # clipped ReLU ceiling, min(max(x, 0), 20)
 
@@ -39,31 +40,34 @@ _GATES = {"gru": 3, "rnn": 1}
 class ModelConfig:
     """Everything needed to rebuild a model; saved in every checkpoint."""
 
-    n_outputs: int = 29  # blank + alphabet symbols
-    n_freq: int = audio.N_FREQ
-    conv_layers: int = 2  # 1-3; the first N of the conv_* lists are used
-    conv_channels: tuple = DS2_CONV_CHANNELS
-    conv_kernels: tuple = DS2_CONV_KERNELS
-    conv_strides: tuple = DS2_CONV_STRIDES
-    rnn_type: str = "gru"  # "gru" or "rnn" (simple RNN, ReLU)
-    rnn_layers: int = 3
-    rnn_hidden: int = 256
-    bidirectional: bool = True  # directions are summed
-    batch_norm: bool = True  # sequence-wise BN on conv and input-to-hidden products
-    lookahead: int = 0  # row convolution future context tau (forward-only models)
-    fc_hidden: int = 256  # the fully connected layer before the output layer
-    alphabet: list = field(default_factory=list)  # symbols 1..N (index 0 is the blank)
+    n_outputs: int = option(29, "Blank + alphabet symbols.", min=2, cli=False)
+    n_freq: int = option(audio.N_FREQ, "Spectrogram bins.", min=1, cli=False)
+    conv_layers: int = option(2, "2D convolution layers (the first N of the conv lists are used).", min=1, max=3)
+    conv_channels: tuple = option(DS2_CONV_CHANNELS, "Channels per conv layer.", each_min=1,
+                                  parse=parse_ints, show=show_ints)
+    conv_kernels: tuple = option(DS2_CONV_KERNELS, "Filter sizes, frequency x time (DS2's).", each_min=1,
+                                 parse=parse_pairs, show=show_pairs)
+    conv_strides: tuple = option(DS2_CONV_STRIDES, "Strides, frequency x time.", each_min=1,
+                                 parse=parse_pairs, show=show_pairs)
+    rnn_type: str = option("gru", "gru, or rnn (simple ReLU RNN).", choices=tuple(_GATES))
+    rnn_layers: int = option(3, "Recurrent layers.", min=1)
+    rnn_hidden: int = option(256, "Units per recurrent layer.", min=1)
+    bidirectional: bool = option(True, "Bidirectional (directions summed) or forward-only recurrent layers.")
+    batch_norm: bool = option(True, "Sequence-wise BatchNorm on conv and input-to-hidden products (DS2).")
+    lookahead: int = option(0, "Row convolution future steps tau (forward-only models).", min=0)
+    fc_hidden: int = option(256, "Units of the fully connected layer.", min=1)
+    alphabet: list = option(help="Symbols 1..N (index 0 is the blank).", default_factory=list, cli=False)
 
     def __post_init__(self):
-        if not 1 <= self.conv_layers <= 3:
-            raise ValueError("conv_layers must be 1, 2 or 3")
-        if self.rnn_type not in _GATES:
-            raise ValueError(f"rnn_type must be one of {sorted(_GATES)}")
-        if self.lookahead and self.bidirectional:
-            raise ValueError("row convolution (lookahead) is for forward-only models")
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
         self.conv_kernels = tuple(tuple(int(k) for k in kernel) for kernel in self.conv_kernels)
         self.conv_strides = tuple(tuple(int(s) for s in stride) for stride in self.conv_strides)
+        check(self)
+        for name in ("conv_channels", "conv_kernels", "conv_strides"):
+            if len(getattr(self, name)) < self.conv_layers:
+                raise ConfigError(f"{flag_name(name)}: {self.conv_layers} conv layers need {self.conv_layers} values")
+        if self.lookahead and self.bidirectional:
+            raise ConfigError("--lookahead (row convolution) is for forward-only models: add --no-bidirectional")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -11,18 +11,15 @@ names the file. Nothing is dropped silently.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
 from ds2 import audio
 from ds2.data import write_manifest
+from ds2.io import process_map
 from ds2.text import Alphabet
 
 log = logging.getLogger("ds2.prepare")
@@ -84,15 +81,8 @@ def write_checked(
     progress: bool = True,
 ) -> PrepareResult:
     """Check candidates (in ``jobs`` forked processes) and write the manifest and rejects."""
-    candidates = list(candidates)
     tasks = [(c, alphabet) for c in candidates]
-    with contextlib.ExitStack() as stack:
-        if jobs > 1:
-            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(jobs, initializer=_init_worker))
-            checked = pool.imap(_check_task, tasks, chunksize=16)  # keeps the order of candidates
-        else:
-            checked = map(_check_task, tasks)
-        results = list(tqdm(checked, total=len(tasks), disable=not progress, desc="check", unit="file"))
+    results = list(process_map(_check_task, tasks, jobs, chunksize=16, progress=progress, desc="check", unit="file"))
     accepted = [r for r in results if "reason" not in r]
     rejected = [r for r in results if "reason" in r]
     for record in rejected:
@@ -110,13 +100,6 @@ def _check_task(task: tuple[Candidate, Alphabet | None]) -> dict:
     return check_candidate(*task)
 
 
-def _init_worker() -> None:
-    # One process per core already. Also, OpenMP thread pools are not safe after a fork:
-    # a child that inherits a pool the parent used (e.g. for resampling) can hang in its
-    # first parallel op unless it stays single-threaded.
-    torch.set_num_threads(1)
-
-
 def _read_text(path: Path) -> tuple[str | None, str | None]:
     """(text, problem) of a transcript file."""
     try:
@@ -127,13 +110,62 @@ def _read_text(path: Path) -> tuple[str | None, str | None]:
         return None, f"{path}: cannot read transcript ({err.strerror})"
 
 
+class _Tree:
+    """The files under a folder, collected once; entries that cannot be read become rejects.
+
+    Symlinked folders are followed, each real folder once (a symlink loop ends there);
+    unreadable folders and paths that cannot be resolved (a symlink pointing at itself)
+    are reported as candidates with a problem instead of stopping the command.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.files: list[Path] = []
+        self.problems: list[Candidate] = []
+        seen: set[tuple[int, int]] = set()
+
+        def unreadable(error: OSError) -> None:
+            where = error.filename or str(root)
+            self.problems.append(Candidate(str(where), None, str(where), f"{where}: cannot read folder ({error.strerror})"))
+
+        for folder, subfolders, names in os.walk(root, followlinks=True, onerror=unreadable):
+            try:
+                status = os.stat(folder)
+            except OSError as error:
+                unreadable(error)
+                subfolders[:] = []
+                continue
+            if (status.st_dev, status.st_ino) in seen:  # reached again through a symlink
+                subfolders[:] = []
+                continue
+            seen.add((status.st_dev, status.st_ino))
+            subfolders.sort()
+            self.files.extend(Path(folder) / name for name in names)
+        self.files.sort()
+
+    def audio_files(self) -> list[Path]:
+        return [path for path in self.files if path.suffix.lower() in AUDIO_EXTENSIONS]
+
+    def ending_with(self, suffix: str) -> list[Path]:
+        return [path for path in self.files if path.name.endswith(suffix)]
+
+
+def _absolute(path: Path) -> tuple[str, str | None]:
+    """(the resolved path, None), or (the path as found, problem) when it cannot be resolved."""
+    try:
+        return str(path.resolve()), None
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop, in Python 3.11
+        return str(path), f"{path}: cannot resolve the path ({error})"
+
+
 def librispeech_candidates(root: str | Path) -> list[Candidate]:
     """Candidates of a LibriSpeech-style tree (any depth above speaker/chapter)."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a directory")
-    candidates = []
-    for transcript in sorted(root.rglob("*.trans.txt")):
+    tree = _Tree(root)
+    candidates = list(tree.problems)
+    for transcript in tree.ending_with(".trans.txt"):
         content, problem = _read_text(transcript)
         if problem:
             candidates.append(Candidate(str(transcript), None, str(transcript), problem))
@@ -145,22 +177,21 @@ def librispeech_candidates(root: str | Path) -> list[Candidate]:
             source = f"{transcript}:{line_number}"
             matches = [transcript.parent / f"{utterance_id}{ext}" for ext in AUDIO_EXTENSIONS]
             audio_path = next((p for p in matches if p.exists()), matches[1])  # default: .flac
-            problem = None if audio_path.exists() else f"{source}: audio file {audio_path} not found"
-            candidates.append(Candidate(str(audio_path.resolve()), text, source, problem))
-    if not candidates:
+            resolved, problem = _absolute(audio_path)
+            if problem is None and not audio_path.exists():
+                problem = f"{source}: audio file {audio_path} not found"
+            candidates.append(Candidate(resolved, text, source, problem))
+    if len(candidates) == len(tree.problems):
         raise ValueError(f"{root}: no *.trans.txt transcripts found (expected speaker/chapter/*.trans.txt)")
     # Audio no transcript line names is rejected too, unless its folder's transcript could
     # not be read at all (that reject already covers it).
     listed = {candidate.audio_filepath for candidate in candidates}
     unreadable = {Path(candidate.source).parent for candidate in candidates if candidate.text is None}
-    for path in _audio_files(root):
-        if str(path.resolve()) not in listed and path.parent not in unreadable:
-            candidates.append(Candidate(str(path.resolve()), None, str(path), f"{path}: no line for it in a *.trans.txt"))
+    for path in tree.audio_files():
+        resolved, problem = _absolute(path)
+        if resolved not in listed and path.parent not in unreadable:
+            candidates.append(Candidate(resolved, None, str(path), problem or f"{path}: no line for it in a *.trans.txt"))
     return candidates
-
-
-def _audio_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
 
 
 def folder_candidates(root: str | Path) -> list[Candidate]:
@@ -168,23 +199,27 @@ def folder_candidates(root: str | Path) -> list[Candidate]:
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a directory")
-    candidates = []
+    tree = _Tree(root)
+    candidates = list(tree.problems)
     audio_stems = set()
-    for path in _audio_files(root):
+    for path in tree.audio_files():
         audio_stems.add(path.with_suffix(""))
+        resolved, problem = _absolute(path)
         transcript = path.with_suffix(".txt")
-        if not transcript.exists():
-            candidates.append(Candidate(str(path.resolve()), None, str(path), f"{path}: no transcript {transcript.name} beside it"))
-            continue
-        text, problem = _read_text(transcript)
-        candidates.append(Candidate(str(path.resolve()), text, str(transcript), problem))
-    for transcript in sorted(root.rglob("*.txt")):
+        if problem:
+            candidates.append(Candidate(resolved, None, str(path), problem))
+        elif not transcript.exists():
+            candidates.append(Candidate(resolved, None, str(path), f"{path}: no transcript {transcript.name} beside it"))
+        else:
+            text, problem = _read_text(transcript)
+            candidates.append(Candidate(resolved, text, str(transcript), problem))
+    for transcript in tree.ending_with(".txt"):
         if transcript.with_suffix("") not in audio_stems:
+            resolved, _ = _absolute(transcript.with_suffix(".wav"))
             candidates.append(
-                Candidate(str(transcript.with_suffix(".wav").resolve()), None, str(transcript),
-                          f"{transcript}: no audio file beside this transcript")
+                Candidate(resolved, None, str(transcript), f"{transcript}: no audio file beside this transcript")
             )
-    if not candidates:
+    if len(candidates) == len(tree.problems):
         raise ValueError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
     return candidates
 

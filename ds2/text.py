@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from ds2.io import atomic_write
+
 BLANK = 0  # index of the CTC blank in every output distribution
 ENGLISH = (" ", "'") + tuple(string.ascii_lowercase)
 
@@ -86,8 +88,6 @@ class Alphabet:
         return list(self.symbols)
 
     def save(self, path: str | Path) -> None:
-        from ds2.data import atomic_write
-
         with atomic_write(path) as handle:
             json.dump(self.to_list(), handle, ensure_ascii=False)
 

@@ -12,17 +12,24 @@ What lands in the output folder:
 - ``best.pt``: the model with the lowest dev WER so far (CER breaks ties).
 - ``log.csv`` (one row per logged step), ``epochs.csv`` (one row per epoch),
   TensorBoard event files under ``tensorboard/`` and ``curves.png`` at the end.
+- ``run.json``: what actually ran (CTC backend, device, versions), rewritten on resume.
 
 Utterances that cannot be used (unreadable audio, labels longer than the output frames)
 and non-finite losses are skipped and counted in the log; they never enter the average.
+A run that cannot use most of its data (more than ``max_unusable`` of an epoch, or audio
+files missing up front) stops with an error instead of training on what is left.
+
+Nothing imports this module but the command line: decoding, tuning and alignment use
+ds2.checkpoint, ds2.data and ds2.decode.
 """
 
 from __future__ import annotations
 
-import csv
+import json
 import logging
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,16 +37,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ds2 import ctc
-from ds2.data import Batch, SpeechDataset, atomic_write, collate, epoch_batch_order, make_batches
-from ds2.decode import greedy_decode, select_device
+from ds2 import __version__, audio, ctc
+from ds2.checkpoint import load_checkpoint, save_checkpoint
+from ds2.config import check, option
+from ds2.data import Batch, SpeechDataset, epoch_batch_order, make_batches, make_loader
+from ds2.decode import greedy_decode
+from ds2.io import CsvLog, atomic_write, pyplot, read_csv, save_figure, select_device
 from ds2.metrics import score_pairs
 from ds2.model import DeepSpeech2, ModelConfig
 from ds2.text import Alphabet
 
 log = logging.getLogger("ds2.train")
-
-CHECKPOINT_VERSION = 1
 
 # Our loss is the mean over a minibatch's utterances, so these are per-utterance-average
 # rates. On the tiny corpus, one epoch of SGD (Nesterov 0.99) at 3e-3 reached dev CER 22.6%
@@ -50,41 +58,42 @@ DEFAULT_LR = {"sgd": 3e-3, "adam": 1e-3}
 
 @dataclass
 class TrainConfig:
+    """A training run. The fields with help text are `ds2 train`'s options."""
+
     train_manifest: str
     dev_manifest: str
     out_dir: str
-    epochs: int = 20
-    batch_size: int = 32  # most utterances in a minibatch
-    batch_seconds: float = 0.0  # most padded audio seconds in a minibatch (0: no limit)
-    max_duration: float | None = None  # drop longer utterances (seconds)
-    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adam"
-    lr: float | None = None  # first-epoch learning rate (None: DEFAULT_LR of the optimizer)
-    momentum: float = 0.99
-    anneal: float = 1.2  # learning rate divided by this after every epoch
-    weight_decay: float = 0.0
-    grad_clip: float = 400.0  # max global gradient norm
-    sortagrad: bool = True
-    seed: int = 0
-    num_workers: int = 1  # data loading processes
-    ctc_backend: str = "auto"  # ds2.ctc backend: auto (cuda on GPU, numba on CPU), cuda, numba, torch
-    device: str = "auto"
-    checkpoint_every: int = 200  # steps between last.pt saves (and at every epoch end)
-    log_every: int = 10
-    max_steps: int = 0  # stop (saving last.pt) after this many optimizer steps in total (0: never)
-    threads: int = 0  # torch CPU threads (0: torch's default)
-    resume: bool = False
-    progress: bool = True
+    epochs: int = option(20, "Passes over the training set.", min=1)
+    batch_size: int = option(32, "Most utterances per minibatch.", min=1)
+    batch_seconds: float = option(0.0, "Most padded audio seconds per minibatch (0: no limit).", min=0)
+    max_duration: float | None = option(None, "Skip utterances longer than this (s).", above=0)
+    optimizer: str = option("sgd", "sgd (Nesterov momentum, DS2) or adam.", choices=tuple(DEFAULT_LR))
+    lr: float | None = option(None, "Learning rate of the first epoch (default: 3e-3 sgd, 1e-3 adam).", above=0)
+    momentum: float = option(0.99, "Nesterov momentum (sgd).", min=0, max=1)
+    anneal: float = option(1.2, "Divide the learning rate by this after each epoch.", above=0)
+    weight_decay: float = option(0.0, "L2 weight decay.", min=0)
+    grad_clip: float = option(400.0, "Clip the global gradient norm to this.", above=0)
+    sortagrad: bool = option(True, "First epoch in increasing length order (SortaGrad).")
+    ctc: str = option("auto", "CTC loss: auto (our CUDA kernel on a GPU, numba on the CPU), cuda, numba, "
+                              "or torch.", choices=ctc.BACKENDS)
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    num_workers: int = option(1, "Data loading processes (0: in this process).", min=0)
+    threads: int = option(0, "Torch CPU threads (0: default).", min=0)
+    seed: int = option(0, "Random seed.")
+    checkpoint_every: int = option(200, "Save last.pt every N steps (and every epoch; 0: only every epoch).", min=0)
+    log_every: int = option(10, "Write a log.csv row every N steps.", min=1)
+    max_steps: int = option(0, "Stop after N optimizer steps in total (0: no limit).", min=0)
+    max_unusable: float = option(0.5, "Stop with an error when more than this share of the training "
+                                 "utterances cannot be used (missing or unreadable audio, labels "
+                                 "longer than the output, non-finite loss).", min=0, max=1)
+    resume: bool = option(False, "Continue OUT_DIR/last.pt exactly where it stopped.")
+    progress: bool = option(True, "Show a progress bar.")
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self):
-        if self.optimizer not in DEFAULT_LR:
-            raise ValueError("optimizer must be 'sgd' or 'adam'")
+        check(self)
         if self.lr is None:
             self.lr = DEFAULT_LR[self.optimizer]
-        for name in ("lr", "anneal", "grad_clip"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value}")
 
 
 @dataclass
@@ -101,6 +110,8 @@ class TrainState:
     skipped_nonfinite: int = 0  # utterances with inf/nan loss
     skipped_steps: int = 0  # steps dropped for a non-finite gradient
     audio_seconds: float = 0.0
+    epoch_seen: int = 0  # training utterances the current epoch has come to so far
+    epoch_unusable: int = 0  # ... of which could not be used (unreadable, unaligned, non-finite)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -123,49 +134,6 @@ def epoch_lr(config: TrainConfig, epoch: int) -> float:
     return config.lr / config.anneal**epoch
 
 
-def save_checkpoint(path: Path, model: DeepSpeech2, optimizer, state: TrainState, config: TrainConfig) -> None:
-    """Write a checkpoint atomically. Everything in it loads with weights_only=True."""
-    payload = {
-        "version": CHECKPOINT_VERSION,
-        "model_config": model.config.to_dict(),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "train_state": asdict(state),
-        "train_config": {k: v for k, v in asdict(config).items() if k != "model"},
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "python": _python_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
-    }
-    with atomic_write(path, "wb") as handle:
-        torch.save(payload, handle)
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint safely (no pickled code). Raises ValueError naming the file."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable ds2 checkpoint ({err.__class__.__name__})") from None
-    if not isinstance(payload, dict) or "model_config" not in payload or "model" not in payload:
-        raise ValueError(f"{path}: not a ds2 checkpoint (no model_config/model)")
-    return payload
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[DeepSpeech2, Alphabet]:
-    """The model of a checkpoint, in eval mode, and its alphabet."""
-    payload = load_checkpoint(path)
-    config = ModelConfig.from_dict(payload["model_config"])
-    model = DeepSpeech2(config)
-    model.load_state_dict(payload["model"])
-    model.to(device).eval()
-    return model, Alphabet(config.alphabet)
-
-
 def _python_rng_state():
     version, internal, gauss = random.getstate()
     return [version, list(internal), gauss]
@@ -174,21 +142,6 @@ def _python_rng_state():
 def _set_python_rng_state(saved) -> None:
     version, internal, gauss = saved
     random.setstate((version, tuple(internal), gauss))
-
-
-def _worker_init(_worker_id: int) -> None:
-    torch.set_num_threads(1)  # the main process owns the cores for the model
-
-
-def make_loader(dataset: SpeechDataset, batches: list[list[int]], num_workers: int):
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=batches,
-        collate_fn=collate,
-        num_workers=num_workers,
-        worker_init_fn=_worker_init if num_workers else None,
-        multiprocessing_context="fork" if num_workers else None,
-    )
 
 
 # --------------------------------------------------------------------------- steps
@@ -244,10 +197,10 @@ def compute_loss(
     return loss, result
 
 
-def train_step(model, optimizer, batch: Batch, device, config: TrainConfig) -> StepResult:
+def train_step(model, optimizer, batch: Batch, device, config: TrainConfig, backend: str) -> StepResult:
     """One optimizer step: loss, backward, clip, update; non-finite gradients skip the update."""
     optimizer.zero_grad(set_to_none=True)
-    loss, result = compute_loss(model, batch, device, config.ctc_backend)
+    loss, result = compute_loss(model, batch, device, backend)
     if loss is None:
         return result
     loss.backward()
@@ -261,14 +214,14 @@ def train_step(model, optimizer, batch: Batch, device, config: TrainConfig) -> S
 
 @torch.no_grad()
 def evaluate(model: DeepSpeech2, dataset: SpeechDataset, device, backend: str, batch_size: int = 32, num_workers: int = 0):
-    """Dev loss, greedy WER and CER (%) over a dataset."""
+    """Dev loss, greedy WER and CER (%) over a dataset (scored as `ds2 score` scores)."""
     model.eval()
     batches = make_batches(dataset.durations, math.inf, batch_size)
     loss_sum, n_loss, pairs = 0.0, 0, []
     for batch in make_loader(dataset, batches, num_workers):
         for index, message in batch.failures:  # unreadable audio scores as all deletions
             log.warning("dev: %s", message)
-            pairs.append((dataset.alphabet.normalize(dataset.records[index]["text"]), ""))
+            pairs.append((dataset.records[index]["text"], ""))
         if not len(batch):
             continue
         logits, output_lengths = model(batch.features.to(device), batch.feature_lengths.to(device))
@@ -281,14 +234,17 @@ def evaluate(model: DeepSpeech2, dataset: SpeechDataset, device, backend: str, b
         n_loss += int(finite.sum())
         hypotheses = greedy_decode(logits, output_lengths, dataset.alphabet)
         for index, hypothesis in zip(batch.indices, hypotheses):
-            reference = dataset.alphabet.normalize(dataset.records[index]["text"])
-            pairs.append((reference, hypothesis))
+            pairs.append((dataset.records[index]["text"], hypothesis))
     model.train()
     report = score_pairs(pairs)
     return (loss_sum / n_loss if n_loss else math.nan), report.wer, report.cer
 
 
 # --------------------------------------------------------------------------- the loop
+
+
+class TrainingError(ValueError):
+    """A run that cannot do anything useful with its data; the message says why."""
 
 
 def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
@@ -300,12 +256,15 @@ def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
     device = select_device(config.device)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
 
-    resume_payload = None
+    resumed = None
     if config.resume:
         if not last_path.exists():
             raise ValueError(f"--resume: no {last_path} to continue from")
-        resume_payload = load_checkpoint(last_path)
-        model_config = ModelConfig.from_dict(resume_payload["model_config"])
+        payload = load_checkpoint(last_path)
+        resumed = payload["training"]
+        if resumed is None or resumed.get("optimizer") is None:
+            raise ValueError(f"{last_path}: holds no training state to resume from")
+        model_config = ModelConfig.from_dict(payload["model_config"])
         alphabet = Alphabet(model_config.alphabet)
     else:
         alphabet = alphabet or Alphabet()
@@ -320,43 +279,47 @@ def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
     for message in train_set.skipped + dev_set.skipped:
         log.warning("skipped: %s", message)
     if len(train_set) == 0:
-        raise ValueError(f"{config.train_manifest}: no usable utterances")
+        raise TrainingError(f"{config.train_manifest}: no usable utterances")
     if len(dev_set) == 0:
-        raise ValueError(f"{config.dev_manifest}: no usable utterances")
+        raise TrainingError(f"{config.dev_manifest}: no usable utterances")
+    _check_audio_exists(train_set, config.max_unusable)
 
     model = DeepSpeech2(model_config).to(device)
     optimizer = build_optimizer(model, config)
     state = TrainState()
-    if resume_payload is not None:
-        model.load_state_dict(resume_payload["model"])
-        optimizer.load_state_dict(resume_payload["optimizer"])
-        state = TrainState(**resume_payload["train_state"])
-        torch.set_rng_state(resume_payload["rng"]["torch"])
-        _set_python_rng_state(resume_payload["rng"]["python"])
-        if resume_payload["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(resume_payload["rng"]["cuda"])
+    if resumed is not None:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        state = TrainState(**resumed["state"])
+        torch.set_rng_state(resumed["rng"]["torch"])
+        _set_python_rng_state(resumed["rng"]["python"])
+        if resumed["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(resumed["rng"]["cuda"])
         log.info("resumed from %s at epoch %d, batch %d, step %d", last_path, state.epoch, state.batches_done, state.step)
 
     batch_seconds = config.batch_seconds if config.batch_seconds > 0 else math.inf
     batches = make_batches(train_set.durations, batch_seconds, config.batch_size)
     total_audio = sum(train_set.durations)
-    ctc_backend = ctc.resolve_backend(config.ctc_backend, device)
+    backend = ctc.resolve_backend(config.ctc, device)
     log.info(
         "model: %.2fM parameters; train: %d utterances (%.2f h, %d skipped) in %d batches; dev: %d; device: %s; CTC: %s",
         model.n_parameters() / 1e6, len(train_set), total_audio / 3600, len(train_set.skipped),
-        len(batches), len(dev_set), device, ctc_backend,
+        len(batches), len(dev_set), device, backend,
     )
+    _write_run_info(out_dir / "run.json", device, backend, state)
+    run = _Run(config, backend, out_dir)
 
-    logger = RunLogger(out_dir, append=resume_payload is not None)
+    logger = RunLogger(out_dir, resume_state=state if resumed is not None else None)
     model.train()
     try:
         while state.epoch < config.epochs:
-            stopped = _train_epoch(model, optimizer, train_set, batches, state, config, device, logger)
+            stopped = _train_epoch(model, optimizer, train_set, batches, state, config, device, logger, run)
             if stopped:
-                save_checkpoint(last_path, model, optimizer, state, config)
+                run.save(last_path, model, optimizer, state)
                 log.info("stopped after %d steps (max_steps); resume with --resume", state.step)
                 return state
-            dev_loss, dev_wer, dev_cer = evaluate(model, dev_set, device, config.ctc_backend, config.batch_size)
+            _check_usable(state, config)
+            dev_loss, dev_wer, dev_cer = evaluate(model, dev_set, device, backend, config.batch_size)
             improved = (dev_wer, dev_cer) < (state.best_wer, state.best_cer)
             if improved:
                 state.best_wer, state.best_cer = dev_wer, dev_cer
@@ -367,11 +330,12 @@ def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
             )
             state.epoch += 1
             state.batches_done = 0
+            state.epoch_seen = state.epoch_unusable = 0
             if improved:
-                save_checkpoint(best_path, model, None, state, config)
-            save_checkpoint(last_path, model, optimizer, state, config)
+                run.save(best_path, model, None, state)
+            run.save(last_path, model, optimizer, state)
     except KeyboardInterrupt:
-        save_checkpoint(last_path, model, optimizer, state, config)
+        run.save(last_path, model, optimizer, state)
         log.warning("interrupted: state saved to %s; continue with --resume", last_path)
         raise
     finally:
@@ -385,7 +349,65 @@ def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
     return state
 
 
-def _train_epoch(model, optimizer, train_set, batches, state: TrainState, config, device, logger) -> bool:
+class _Run:
+    """Writes checkpoints with the run's configuration and the CTC backend that ran."""
+
+    def __init__(self, config: TrainConfig, backend: str, out_dir: Path):
+        self.config = {k: v for k, v in asdict(config).items() if k != "model"}
+        self.backend = backend
+        self.out_dir = out_dir
+
+    def save(self, path: Path, model: DeepSpeech2, optimizer, state: TrainState) -> None:
+        training = {
+            "config": self.config,
+            "state": asdict(state),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "python": _python_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "ctc_backend": self.backend,
+        }
+        save_checkpoint(path, model, training)
+
+
+def _write_run_info(path: Path, device: torch.device, backend: str, state: TrainState) -> None:
+    info = dict(ds2_version=__version__, torch_version=torch.__version__, device=str(device), ctc_backend=backend,
+                torch_threads=torch.get_num_threads(), started_at_step=state.step, command=sys.argv)
+    with atomic_write(path) as handle:
+        json.dump(info, handle, indent=2)
+
+
+def _check_audio_exists(dataset: SpeechDataset, max_unusable: float) -> None:
+    """Fail before training when too many audio files are missing (e.g. relative paths of
+    a manifest copied away from its corpus); fewer are skipped and counted as they come."""
+    missing = [r for r in dataset.records if not Path(r["audio_filepath"]).exists()]
+    if not missing:
+        return
+    share = len(missing) / len(dataset)
+    examples = ", ".join(f"{dataset.manifest}:{r['line']}: {r['audio_filepath']}" for r in missing[:3])
+    if share > max_unusable:
+        raise TrainingError(
+            f"{dataset.manifest}: {len(missing)} of {len(dataset)} audio files are missing "
+            f"({100 * share:.0f}% > --max-unusable {100 * max_unusable:.0f}%), e.g. {examples}"
+        )
+    log.warning("%s: %d of %d audio files are missing; they will be skipped (e.g. %s)",
+                dataset.manifest, len(missing), len(dataset), examples)
+
+
+def _check_usable(state: TrainState, config: TrainConfig) -> None:
+    """After an epoch: stop if it trained nothing or could not use most of its data."""
+    if state.epoch_seen and state.epoch_unusable / state.epoch_seen > config.max_unusable:
+        raise TrainingError(
+            f"epoch {state.epoch + 1}: {state.epoch_unusable} of {state.epoch_seen} training utterances could not be "
+            f"used (> --max-unusable {config.max_unusable}); see the warnings in train.log"
+        )
+    if state.step == 0:
+        raise TrainingError(f"epoch {state.epoch + 1} ended without a single optimizer step; see train.log")
+
+
+def _train_epoch(model, optimizer, train_set, batches, state: TrainState, config, device, logger, run: _Run) -> bool:
     """Run the rest of the current epoch; True if max_steps stopped it early."""
     lr = epoch_lr(config, state.epoch)
     for group in optimizer.param_groups:
@@ -403,16 +425,19 @@ def _train_epoch(model, optimizer, train_set, batches, state: TrainState, config
         for _, message in batch.failures:
             log.warning("skipped: %s", message)
         state.skipped_load += len(batch.failures)
+        state.epoch_seen += len(batch) + len(batch.failures)
+        state.epoch_unusable += len(batch.failures)
         if len(batch):
-            result = train_step(model, optimizer, batch, device, config)
+            result = train_step(model, optimizer, batch, device, config, run.backend)
             state.skipped_unaligned += result.n_unaligned
             state.skipped_nonfinite += result.n_nonfinite
+            state.epoch_unusable += result.n_unaligned + result.n_nonfinite
             if result.n_used and not result.applied:
                 state.skipped_steps += 1
             applied = result.applied
             if applied:
                 state.step += 1
-                seconds = float(batch.feature_lengths.sum()) / 100.0
+                seconds = audio.frames_to_seconds(float(batch.feature_lengths.sum()))
                 state.audio_seconds += seconds
                 window_audio += seconds
                 window_loss += result.loss * result.n_used
@@ -427,13 +452,17 @@ def _train_epoch(model, optimizer, train_set, batches, state: TrainState, config
             bar.close()
             return True
         if applied and config.checkpoint_every and state.step % config.checkpoint_every == 0:
-            save_checkpoint(Path(config.out_dir) / "last.pt", model, optimizer, state, config)
+            run.save(Path(config.out_dir) / "last.pt", model, optimizer, state)
     bar.close()
     return False
 
 
 class RunLogger:
-    """log.csv (steps), epochs.csv, TensorBoard events, and the curves PNG."""
+    """log.csv (steps), epochs.csv, TensorBoard events, and the curves PNG.
+
+    The CSV files survive a kill at any moment (ds2.io.CsvLog). A resumed run keeps the
+    rows up to the checkpoint it resumes from and drops later ones, which it will log again.
+    """
 
     STEP_FIELDS = ["step", "epoch", "lr", "loss", "grad_norm", "audio_seconds_per_second"]
     EPOCH_FIELDS = [
@@ -441,10 +470,13 @@ class RunLogger:
         "skipped_load", "skipped_nonfinite", "skipped_steps", "audio_hours",
     ]
 
-    def __init__(self, out_dir: Path, append: bool):
+    def __init__(self, out_dir: Path, resume_state: TrainState | None = None):
         self.out_dir = out_dir
-        self.step_file, self.step_writer = self._open("log.csv", self.STEP_FIELDS, append)
-        self.epoch_file, self.epoch_writer = self._open("epochs.csv", self.EPOCH_FIELDS, append)
+        append = resume_state is not None
+        step, epoch = (resume_state.step, resume_state.epoch) if append else (0, 0)
+        self.steps = CsvLog(out_dir / "log.csv", self.STEP_FIELDS, append, keep=lambda row: _int(row["step"]) <= step)
+        self.epochs = CsvLog(out_dir / "epochs.csv", self.EPOCH_FIELDS, append,
+                             keep=lambda row: _int(row["epoch"]) <= epoch)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -452,21 +484,12 @@ class RunLogger:
         except ImportError:  # tensorboard is a declared dependency; stay usable without it
             self.tensorboard = None
 
-    def _open(self, name: str, fieldnames: list[str], append: bool):
-        path = self.out_dir / name
-        fresh = not (append and path.exists())
-        handle = open(path, "w" if fresh else "a", newline="", encoding="utf-8")
-        writer = csv.DictWriter(handle, fieldnames=fieldnames)
-        if fresh:
-            writer.writeheader()
-        return handle, writer
-
     def step_row(self, state: TrainState, lr: float, loss: float, grad_norm: float, speed: float) -> None:
         row = dict(step=state.step, epoch=state.epoch + 1, lr=lr, loss=round(loss, 4),
                    grad_norm=round(grad_norm, 3), audio_seconds_per_second=round(speed, 1))
         scalars = {"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": lr,
                    "train/audio_seconds_per_second": speed}
-        self._emit(self.step_file, self.step_writer, row, scalars, state.step)
+        self._emit(self.steps, row, scalars, state.step)
 
     def epoch_row(self, state: TrainState, lr: float, dev_loss: float, dev_wer: float, dev_cer: float) -> None:
         row = dict(
@@ -477,19 +500,18 @@ class RunLogger:
             audio_hours=round(state.audio_seconds / 3600, 3),
         )
         scalars = {"dev/loss": dev_loss, "dev/wer": dev_wer, "dev/cer": dev_cer}
-        self._emit(self.epoch_file, self.epoch_writer, row, scalars, state.step)
+        self._emit(self.epochs, row, scalars, state.step)
 
-    def _emit(self, handle, writer: csv.DictWriter, row: dict, scalars: dict, step: int) -> None:
+    def _emit(self, csv_log: CsvLog, row: dict, scalars: dict, step: int) -> None:
         """One CSV row (flushed, so a crash loses nothing) and its TensorBoard scalars."""
-        writer.writerow(row)
-        handle.flush()
+        csv_log.write(row)
         if self.tensorboard:
             for tag, value in scalars.items():
                 self.tensorboard.add_scalar(tag, value, step)
 
     def close(self) -> None:
-        self.step_file.close()
-        self.epoch_file.close()
+        self.steps.close()
+        self.epochs.close()
         if self.tensorboard:
             self.tensorboard.close()
 
@@ -497,17 +519,19 @@ class RunLogger:
         plot_curves(self.out_dir / "log.csv", self.out_dir / "epochs.csv", path)
 
 
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 1 << 62  # a mangled row: drop it
+
+
 def plot_curves(step_csv: Path, epoch_csv: Path, path: Path) -> None:
     """PNG: training loss per step with dev loss per epoch; dev WER/CER per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    steps = list(csv.DictReader(open(step_csv, encoding="utf-8")))
-    epochs = list(csv.DictReader(open(epoch_csv, encoding="utf-8")))
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    steps, epochs = read_csv(step_csv), read_csv(epoch_csv)
+    figure, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4))
     if steps:
         left.plot([int(r["step"]) for r in steps], [float(r["loss"]) for r in steps], label="train (per step)")
     if epochs:
@@ -519,8 +543,7 @@ def plot_curves(step_csv: Path, epoch_csv: Path, path: Path) -> None:
     right.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for axis in (left, right):
         axis.grid(alpha=0.3)
-        axis.legend()
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend()
     figure.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)

@@ -11,22 +11,30 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from ds2.data import atomic_write, read_manifest
-from ds2.decode import BeamSearchOptions, decode_cache, load_log_probs
+from ds2.config import check, option
+from ds2.data import read_manifest
+from ds2.decode import DECODING_FILE, BeamSearchOptions, decode_cache, load_log_probs
+from ds2.io import atomic_write, pyplot, save_figure
 from ds2.metrics import score_pairs
-from ds2.text import Alphabet
 
 log = logging.getLogger("ds2.tune")
 
 COARSE_ALPHAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 COARSE_BETAS = (-1.0, 0.0, 1.0, 2.0, 3.0)
-DECODING_FILE = "decoding.json"
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    beam_width: int = option(32, "Beam width while tuning (a narrower beam than decoding's, for speed).", min=1)
+    jobs: int = option(0, "Beam search processes (0: one per core).", min=0)
+
+    def __post_init__(self):
+        check(self)
 
 
 def dev_wer(cache: dict, references: dict[int, str], options: BeamSearchOptions) -> tuple[float, float]:
@@ -53,21 +61,20 @@ def tune(
     manifest: str | Path,
     lm: str | Path,
     out_dir: str | Path,
-    beam_width: int = 32,
-    jobs: int = 0,
+    options: TuneOptions = TuneOptions(),
     alphas=COARSE_ALPHAS,
     betas=COARSE_BETAS,
 ) -> dict:
     """Tune alpha and beta on a dev manifest; returns the contents of decoding.json."""
+    beam_width = options.beam_width
     cache = load_log_probs(logprobs)
-    alphabet = Alphabet(cache["alphabet"])
-    references = {i: alphabet.normalize(r["text"]) for i, r in enumerate(read_manifest(manifest, resolve_paths=False))}
+    references = {i: r["text"] for i, r in enumerate(read_manifest(manifest, resolve_paths=False))}
     if not references:
         raise ValueError(f"{manifest}: empty dev manifest: nothing to tune on")
     if len(references) != len(cache["log_probs"]) + len(cache["errors"]):
         raise ValueError(f"{logprobs}: log-probs were computed for another manifest than {manifest}")
     out_dir = Path(out_dir)
-    base = BeamSearchOptions(str(lm), beam_width=beam_width, jobs=jobs)
+    base = BeamSearchOptions(lm=str(lm), beam_width=beam_width, jobs=options.jobs)
     rows: list[dict] = []
     coarse = grid(cache, references, base, alphas, betas, rows, "coarse")
     i, j = np.unravel_index(np.argmin(coarse), coarse.shape)
@@ -94,27 +101,9 @@ def _step(values, index: int) -> float:
     return min(neighbours) if neighbours else 1.0
 
 
-def load_decoding_defaults(checkpoint: str | Path | None) -> dict:
-    """decoding.json beside a checkpoint ({} if there is none)."""
-    if checkpoint is None:
-        return {}
-    path = Path(checkpoint).parent / DECODING_FILE
-    if not path.exists():
-        return {}
-    values = json.loads(path.read_text(encoding="utf-8"))
-    if not all(math.isfinite(values.get(key, math.nan)) for key in ("alpha", "beta")):
-        raise ValueError(f"{path}: alpha/beta must be finite numbers")
-    return values
-
-
 def plot_surface(path: Path, coarse, fine, best: dict) -> None:
     """PNG: dev WER heat maps of the coarse and the fine grid, best point marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, axes = pyplot().subplots(1, 2, figsize=(11, 4.2))
     for axis, (alphas, betas, wer), title in zip(axes, (coarse, fine), ("coarse grid", "fine grid")):
         image = axis.imshow(wer, origin="lower", aspect="auto", cmap="viridis_r")
         axis.set_xticks(range(len(betas)), [f"{b:.2f}" for b in betas])
@@ -125,6 +114,4 @@ def plot_surface(path: Path, coarse, fine, best: dict) -> None:
         figure.colorbar(image, ax=axis)
     figure.suptitle(f"best: alpha={best['alpha']}, beta={best['beta']}, dev WER {best['dev_wer']}%")
     figure.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)

@@ -19,7 +19,7 @@ fi
 
 stamp=.venv/.ds2-setup
 digest=$(cat setup.cfg pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)-$want_test
-if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ] || ! .venv/bin/python -c "import ds2, cli" 2>/dev/null; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ] || ! .venv/bin/python -c "import ds2.cli, ds2.cuda" 2>/dev/null; then
   log "installing ds2 and its dependencies (torch 2.11 + torchaudio 2.11: a few GB the first time)"
   .venv/bin/python -m pip install -q --upgrade pip wheel
   extras=""

@@ -281,7 +281,7 @@ def test_auto_means_numba_on_the_cpu_and_training_uses_it():
 
     assert ctc.resolve_backend("auto", torch.device("cpu")) == "numba"
     assert ctc.available_backends("cpu") == ["numba", "torch"]
-    assert ctc.resolve_backend(TrainConfig("train.json", "dev.json", "exp").ctc_backend, torch.device("cpu")) == "numba"
+    assert ctc.resolve_backend(TrainConfig("train.json", "dev.json", "exp").ctc, torch.device("cpu")) == "numba"
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import soundfile
 import torch
 from typer.testing import CliRunner
 
-from cli import app
+from ds2.cli import app
 from ds2 import audio
 from ds2.data import read_manifest
 

@@ -5,9 +5,9 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
+from ds2.cli import app
 from ds2 import lm
-from ds2.synth import generate_sentences
+from ds2.grammar import generate_sentences
 
 
 def _tools_or_skip():

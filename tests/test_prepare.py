@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
+from ds2.cli import app
 from conftest import noise_burst, sweep, tone, write_audio
 from ds2.audio import SAMPLE_RATE, load_audio
 from ds2.data import read_manifest

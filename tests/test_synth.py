@@ -1,8 +1,7 @@
-"""The eSpeak NG corpus: real synthesis, small sizes."""
+"""The synthesized corpus: the voice partition, the config, real corpora of small sizes."""
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from pathlib import Path
 
@@ -11,9 +10,10 @@ import pytest
 import soundfile
 import torch
 
-from ds2 import audio, synth
+from ds2 import audio
 from ds2.data import read_manifest
-from ds2.synth import ENGLISH_VOICES, SynthConfig, generate_sentences, synthesize, synthesize_corpus
+from ds2.espeak import synthesize
+from ds2.synth import ENGLISH_VOICES, SynthConfig, synthesize_corpus
 from ds2.text import Alphabet
 
 SENTENCE = "the old farmer carried seven heavy baskets to the market"
@@ -40,63 +40,6 @@ def voicing(waveform: torch.Tensor, rate: int = audio.SAMPLE_RATE) -> float:
 
 def duration(waveform: torch.Tensor) -> float:
     return waveform.numel() / audio.SAMPLE_RATE
-
-
-# --------------------------------------------------------------------------- synthesize
-
-
-def test_synthesize_gives_speech_like_16khz_audio():
-    waveform = synthesize(SENTENCE, "en-us", rate=175, pitch=50)
-    assert waveform.dtype == torch.float32 and waveform.ndim == 1
-    assert torch.isfinite(waveform).all()
-    assert waveform.abs().max() <= 1.0
-    rms = waveform.square().mean().sqrt().item()
-    assert rms > 0.02  # not silence
-    assert 2.0 < duration(waveform) < 5.0  # 10 words at 175 words per minute: ~3.4 s
-    # Resampled from eSpeak's 22050 Hz: same length in seconds, 16000/22050 the samples.
-    native_rate = synth.native_sample_rate()
-    assert native_rate == 22050
-    with synth._ENGINE_LOCK:
-        native = synth._engine().speak(SENTENCE, "en-us", rate=175, pitch=50)
-    assert abs(waveform.numel() - len(native) * audio.SAMPLE_RATE / native_rate) <= 1
-
-
-def test_duration_grows_with_text_and_shrinks_with_rate():
-    short = synthesize("the cat sat", "en-us", rate=175, pitch=50)
-    long = synthesize(SENTENCE, "en-us", rate=175, pitch=50)
-    fast = synthesize(SENTENCE, "en-us", rate=300, pitch=50)
-    slow = synthesize(SENTENCE, "en-us", rate=100, pitch=50)
-    assert duration(long) > 2 * duration(short)
-    assert duration(slow) > 1.8 * duration(fast)
-    assert duration(slow) > duration(long) > duration(fast)
-
-
-def test_synthesize_depends_only_on_its_arguments():
-    # eSpeak keeps state between utterances; each call must start from scratch.
-    first = synthesize(SENTENCE, "en-us+f3", rate=160, pitch=40)
-    synthesize("something else entirely", "en+m2", rate=210, pitch=70)
-    again = synthesize(SENTENCE, "en-us+f3", rate=160, pitch=40)
-    assert torch.equal(first, again)
-
-
-def test_pitch_changes_the_audio():
-    low = synthesize(SENTENCE, "en-us+m3", rate=175, pitch=30)
-    high = synthesize(SENTENCE, "en-us+m3", rate=175, pitch=70)
-    assert low.numel() != high.numel() or not torch.equal(low, high)
-
-
-@pytest.mark.parametrize("voice", ["en-us+nosuchvariant", "xx-nosuchlanguage"])
-def test_unknown_voice_is_an_error(voice):
-    with pytest.raises(ValueError, match="unknown eSpeak voice"):
-        synthesize("hello", voice, rate=175, pitch=50)
-
-
-@pytest.mark.parametrize(
-    "text, rate, pitch", [("   ", 175, 50), ("hello", 40, 50), ("hello", 175, 101)]
-)
-def test_bad_arguments_are_errors(text, rate, pitch):
-    with pytest.raises(ValueError):
-        synthesize(text, "en-us", rate=rate, pitch=pitch)
 
 
 # --------------------------------------------------------------------------- voices
@@ -143,65 +86,6 @@ def test_config_rejects_a_variant_in_both_groups():
         SynthConfig(pitch_range=(20, 120))
     with pytest.raises(ValueError):
         SynthConfig(min_words=5, max_words=4)
-
-
-# --------------------------------------------------------------------------- sentences
-
-
-@pytest.mark.parametrize("min_words, max_words", [(3, 12), (1, 4), (8, 8), (10, 20)])
-def test_sentences_respect_the_word_range_and_the_alphabet(min_words, max_words):
-    sentences = generate_sentences(300, random.Random(1), min_words, max_words)
-    alphabet = Alphabet()
-    assert len(sentences) == len(set(sentences)) == 300
-    for sentence in sentences:
-        assert min_words <= len(sentence.split()) <= max_words
-        assert sentence == alphabet.normalize(sentence)
-        alphabet.encode(sentence)  # raises on any character outside a-z, space, apostrophe
-    # Every length the grammar can make (two words and up) is there, not only the easy ones.
-    lengths = {len(s.split()) for s in sentences}
-    assert lengths == set(range(max(min_words, 2), max_words + 1))
-
-
-def test_sentences_use_a_real_vocabulary():
-    sentences = generate_sentences(2000, random.Random(0), 3, 12)
-    words = Counter(word for sentence in sentences for word in sentence.split())
-    assert 300 < len(words) < 2000
-    assert {"the", "twenty", "o'clock", "didn't", "where"} <= set(words)
-    assert any(sentence.endswith(" dollars") for sentence in sentences)  # numbers spelled out
-
-
-def test_exclude_is_respected():
-    taken = set(generate_sentences(200, random.Random(7), 3, 6))
-    # The same random state would give the same sentences again, unless excluded.
-    assert set(generate_sentences(200, random.Random(7), 3, 6)) == taken
-    fresh = generate_sentences(200, random.Random(7), 3, 6, exclude=taken)
-    assert len(fresh) == 200 and not set(fresh) & taken
-
-
-def test_sentences_are_reproducible_and_seed_dependent():
-    assert generate_sentences(50, random.Random(3), 3, 12) == generate_sentences(50, random.Random(3), 3, 12)
-    assert generate_sentences(50, random.Random(3), 3, 12) != generate_sentences(50, random.Random(4), 3, 12)
-
-
-def test_impossible_requests_are_errors():
-    with pytest.raises(RuntimeError, match="distinct sentences"):
-        generate_sentences(1, random.Random(0), 1, 1)  # the grammar has no one-word sentence
-    with pytest.raises(ValueError):
-        generate_sentences(5, random.Random(0), 0, 3)
-
-
-@pytest.mark.parametrize(
-    "n, words",
-    [(0, "zero"), (7, "seven"), (13, "thirteen"), (40, "forty"), (42, "forty two"),
-     (100, "one hundred"), (305, "three hundred and five"), (999, "nine hundred and ninety nine")],
-)  # fmt: skip
-def test_number_words(n, words):
-    assert synth.number_words(n) == words
-
-
-def test_questions_are_spoken_as_questions():
-    assert synth.spoken_form("where is the red box") == "where is the red box?"
-    assert synth.spoken_form("the dog ran") == "the dog ran."
 
 
 # --------------------------------------------------------------------------- corpus

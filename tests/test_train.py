@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from ds2 import ctc
+from ds2.checkpoint import load_checkpoint, load_model
 from ds2.data import SpeechDataset, collate, read_manifest, write_manifest
-from ds2.model import ModelConfig
+from ds2.model import DeepSpeech2, ModelConfig
 from ds2.synth import SynthConfig, synthesize_corpus
 from ds2.text import Alphabet
-from ds2.train import TrainConfig, compute_loss, load_checkpoint, load_model, train
-from ds2.model import DeepSpeech2
+from ds2.train import TrainConfig, compute_loss, train
 
 TINY_MODEL = dict(
     conv_layers=1, conv_channels=(4,), conv_kernels=((41, 11),), conv_strides=((4, 2),),
@@ -46,14 +46,14 @@ def test_resume_continues_exactly_where_it_stopped(corpus, tmp_path):
     train(_config(corpus, interrupted, resume=True))
     resumed = load_checkpoint(interrupted / "last.pt")
 
-    assert resumed["train_state"] == straight["train_state"]
+    assert resumed["training"]["state"] == straight["training"]["state"]
     for key, value in straight["model"].items():
         assert torch.equal(resumed["model"][key], value), key
-    momentum = [s["momentum_buffer"] for s in straight["optimizer"]["state"].values()]
-    resumed_momentum = [s["momentum_buffer"] for s in resumed["optimizer"]["state"].values()]
+    momentum = [s["momentum_buffer"] for s in straight["training"]["optimizer"]["state"].values()]
+    resumed_momentum = [s["momentum_buffer"] for s in resumed["training"]["optimizer"]["state"].values()]
     assert all(torch.equal(a, b) for a, b in zip(momentum, resumed_momentum))
     # the learning rate followed the annealing schedule: lr / 1.2^(epochs - 1)
-    assert resumed["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 1.2**2)
+    assert resumed["training"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 1.2**2)
     with open(interrupted / "epochs.csv") as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
 

@@ -6,9 +6,9 @@ import torch
 
 from ds2 import lm
 from ds2.data import write_manifest
-from ds2.decode import save_log_probs
+from ds2.decode import load_decoding_defaults, save_log_probs
 from ds2.text import Alphabet
-from ds2.tune import load_decoding_defaults, tune
+from ds2.tune import TuneOptions, tune
 
 
 def _frames(text: str, alphabet: Alphabet, confusions: dict[str, str]) -> np.ndarray:
@@ -40,7 +40,7 @@ def test_tune_finds_an_lm_weight_that_beats_no_lm_and_stores_it(tmp_path):
              "log_probs": {i: torch.from_numpy(_frames(s, alphabet, {"c": "k", "h": "n"})) for i, s in enumerate(sentences)}}
     save_log_probs(cache, tmp_path / "dev_lp.pt")
 
-    best = tune(tmp_path / "dev_lp.pt", manifest, files.binary, tmp_path, beam_width=16, jobs=1,
+    best = tune(tmp_path / "dev_lp.pt", manifest, files.binary, tmp_path, TuneOptions(beam_width=16, jobs=1),
                 alphas=(0.0, 1.0, 2.0), betas=(0.0, 1.0))
     rows = (tmp_path / "tune.csv").read_text().splitlines()
     no_lm = [r for r in rows if r.startswith("coarse,0.0,")]

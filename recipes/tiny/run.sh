@@ -51,6 +51,7 @@ log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (run.sh:${BASH_LINENO[0]}) $*"; }
 done_marker() { if [ "$1" -le 2 ]; then echo "$data/.stage$1.done"; else echo "$exp/.stage$1.done"; fi; }
 bash "$repo/scripts/setup.sh"
 ds2="$repo/.venv/bin/ds2"
+python="$repo/.venv/bin/python"
 start_time=$(date +%s) # the elapsed time printed at the end excludes set-up
 
 run_stage() { # run_stage N: true if stage N is in range and not yet done
@@ -107,16 +108,7 @@ fi
 
 if run_stage 6; then
   log "Stage 6: 4-gram LM from the training transcripts + 50000 grammar sentences (dev/test sentences excluded)"
-  "$repo/.venv/bin/python" - "$data" <<'EOF'
-import json, random, sys
-from ds2.synth import generate_sentences
-data = sys.argv[1]
-held_out = {json.loads(line)["text"] for split in ("dev", "test") for line in open(f"{data}/{split}.json")}
-train = [json.loads(line)["text"] for line in open(f"{data}/train.json")]
-extra = generate_sentences(50000, random.Random(1234), 3, 12, exclude=held_out)
-with open(f"{data}/lm_text.txt", "w") as handle:
-    handle.write("\n".join(train + extra) + "\n")
-EOF
+  "$python" local/lm_text.py $data/train.json $data/dev.json $data/test.json -o $data/lm_text.txt --extra 50000
   "$ds2" lm build $data/lm_text.txt -o $exp/lm --order 4 --memory 500M
   touch "$(done_marker 6)"
 fi
@@ -139,21 +131,7 @@ fi
 
 if [ -f $exp/score_test.json ]; then
   log "Results (details in $exp/score_*.txt):"
-  "$repo/.venv/bin/python" - "$exp" <<'EOF'
-import json, os, sys
-exp = sys.argv[1]
-print("| split | utterances | greedy WER % | greedy CER % | LM WER % | LM CER % |")
-print("|-------|-----------:|-------------:|-------------:|---------:|---------:|")
-for split in ("dev", "test"):
-    greedy = json.load(open(f"{exp}/score_{split}.json"))
-    lm_path = f"{exp}/score_lm_{split}.json"
-    lm = json.load(open(lm_path)) if os.path.exists(lm_path) else None
-    lm_cells = f"{lm['wer']:.2f} | {lm['cer']:.2f}" if lm else "- | -"
-    print(f"| {split} | {greedy['n_utterances']} | {greedy['wer']:.2f} | {greedy['cer']:.2f} | {lm_cells} |")
-if os.path.exists(f"{exp}/decoding.json"):
-    tuned = json.load(open(f"{exp}/decoding.json"))
-    print(f"LM: alpha={tuned['alpha']} beta={tuned['beta']} (tuned on dev, beam {tuned['beam_width']}); decoding beam 100")
-EOF
+  "$python" local/results_table.py $exp
 fi
 
 log "Successfully finished [elapsed=$(( $(date +%s) - start_time ))s]"
