@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,6 +38,8 @@ def option(
     above: float | None = None,
     choices: Sequence[str] | None = None,
     each_min: float | None = None,
+    pattern: str | None = None,
+    pattern_help: str = "",
     parse: Callable[[str], Any] | None = None,
     show: Callable[[Any], str] | None = None,
     cli: bool = True,
@@ -45,13 +48,14 @@ def option(
 
     min / max: inclusive bounds; above: exclusive lower bound (``lr`` > 0).
     choices: the allowed strings. each_min: lower bound of every item of a tuple option.
+    pattern: a regular expression a string must match in full; pattern_help says it in words.
     parse / show: how the command line reads a non-scalar value from one string and shows
     its default (e.g. "32,32,96" <-> (32, 32, 96)). cli=False: not a command-line option.
     Float options must be finite unless a bound says otherwise (max=math.inf).
     None is always accepted where the default is None ("not set").
     """
     metadata = dict(help=help, min=min, max=max, above=above, choices=tuple(choices) if choices else None,
-                    each_min=each_min, parse=parse, show=show, cli=cli)
+                    each_min=each_min, pattern=pattern, pattern_help=pattern_help, parse=parse, show=show, cli=cli)
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -79,6 +83,8 @@ def check(config) -> None:
 def _problem(value, meta) -> str | None:
     if meta["choices"] is not None:
         return None if value in meta["choices"] else f"must be one of {', '.join(meta['choices'])}"
+    if meta["pattern"] is not None:
+        return None if re.fullmatch(meta["pattern"], str(value)) else f"must be {meta['pattern_help'] or meta['pattern']}"
     if isinstance(value, bool) or not isinstance(value, (int, float, tuple)):
         return None
     if isinstance(value, tuple):
@@ -193,3 +199,8 @@ def parse_strs(text: str) -> tuple[str, ...]:
 
 def show_strs(values: tuple[str, ...]) -> str:
     return ",".join(values)
+
+
+# torch device names the options accept (checked before any work; availability is checked when used)
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"

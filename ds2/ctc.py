@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "cuda", "numba", "torch")
 REDUCTIONS = ("none", "sum", "mean")
+_FALLBACK_LOGGED: set[str] = set()  # device types whose fallback to torch's CTC was logged (once each)
 
 
 def ctc_loss(
@@ -105,7 +106,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown CTC backend {backend!r}; available: {', '.join(BACKENDS)}")
     if backend == "auto":
-        return available_backends(device)[0]
+        chosen = available_backends(device)[0]
+        if chosen == "torch" and device.type not in _FALLBACK_LOGGED:
+            _FALLBACK_LOGGED.add(device.type)
+            ours = "cuda" if device.type == "cuda" else "numba"
+            log.warning("--ctc auto: our %s kernel is unavailable (%s); using torch's CTC", ours,
+                        _cuda_extension_error if ours == "cuda" else _numba_error)
+        return chosen
     if backend == "cuda":
         if device.type != "cuda":
             raise ValueError("the cuda CTC backend needs CUDA tensors; use --ctc numba or auto on the CPU")

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ds2 import audio
 from ds2.checkpoint import load_model
-from ds2.config import check, option
+from ds2.config import DEVICE_HELP, DEVICE_PATTERN, check, option
 from ds2.data import SpeechDataset, make_batches, make_loader, read_manifest, write_manifest
 from ds2.features import spectrogram
 from ds2.io import atomic_write, load_torch_file, process_map, select_device
@@ -42,7 +42,7 @@ class DecodingOptions:
     """How the acoustic model runs over a manifest."""
 
     batch_size: int = option(32, "Utterances per forward pass.", min=1)
-    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...", pattern=DEVICE_PATTERN, pattern_help=DEVICE_HELP)
     num_workers: int = option(1, "Data loading processes (0: in this process).", min=0)
     progress: bool = option(True, "Show a progress bar.")
 

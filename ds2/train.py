@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from ds2 import __version__, audio, ctc
 from ds2.checkpoint import load_checkpoint, save_checkpoint
-from ds2.config import check, option
+from ds2.config import DEVICE_HELP, DEVICE_PATTERN, check, option
 from ds2.data import Batch, SpeechDataset, epoch_batch_order, make_batches, make_loader
 from ds2.decode import greedy_decode
 from ds2.io import CsvLog, atomic_write, pyplot, read_csv, save_figure, select_device
@@ -76,7 +76,7 @@ class TrainConfig:
     sortagrad: bool = option(True, "First epoch in increasing length order (SortaGrad).")
     ctc: str = option("auto", "CTC loss: auto (our CUDA kernel on a GPU, numba on the CPU), cuda, numba, "
                               "or torch.", choices=ctc.BACKENDS)
-    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...", pattern=DEVICE_PATTERN, pattern_help=DEVICE_HELP)
     num_workers: int = option(1, "Data loading processes (0: in this process).", min=0)
     threads: int = option(0, "Torch CPU threads (0: default).", min=0)
     seed: int = option(0, "Random seed.")

@@ -6,6 +6,7 @@ kernels rather than float32 rounding.
 """
 
 import itertools
+import logging
 import math
 import os
 import shutil
@@ -402,3 +403,29 @@ def test_cuda_kernels_emulated_are_deterministic(emulated_kernels):
     case = _random_case(20, 4, 40, 15, 29)
     first, second = emulated_kernels(*case), emulated_kernels(*case)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_cuda_build_failure_is_an_error_for_cuda_and_a_logged_fallback_for_auto(monkeypatch, caplog):
+    def broken_build(verbose=False):
+        raise RuntimeError("Error building extension 'ds2_ctc_cuda'\nnvcc fatal : Unsupported gpu architecture 'compute_99'")
+
+    monkeypatch.setattr(ctc, "build_cuda_extension", broken_build)
+    monkeypatch.setattr(ctc, "_FALLBACK_LOGGED", set())
+    ctc._cuda_extension.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="--ctc cuda: the CUDA CTC kernel could not be built") as error:
+            ctc.resolve_backend("cuda", torch.device("cuda"))
+        assert "Unsupported gpu architecture 'compute_99'" in str(error.value)  # the compiler's own words
+        with caplog.at_level(logging.WARNING, logger="ds2.ctc"):
+            assert ctc.resolve_backend("auto", torch.device("cuda")) == "torch"
+        assert any("--ctc auto: our cuda kernel is unavailable" in m and "compute_99" in m for m in caplog.messages)
+    finally:
+        ctc._cuda_extension.cache_clear()
+
+
+def test_cuda_sources_ship_inside_the_package():
+    sources = ctc.cuda_sources()
+    assert (sources / "ctc_kernel.cu").is_file() and (sources / "ctc_device.cuh").is_file()
+    import ds2.cuda
+
+    assert Path(ds2.cuda.__file__).parent == sources

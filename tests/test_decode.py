@@ -76,3 +76,23 @@ def test_lm_beam_search_fixes_what_greedy_gets_wrong(tmp_path):
     assert decode.beam_decode([log_probs], alphabet, options) == ["the cat"]
     no_lm_weight = decode.BeamSearchOptions(str(files.binary), alpha=0.0, beta=0.0, beam_width=20, jobs=1)
     assert decode.beam_decode([log_probs], alphabet, no_lm_weight) == ["the kat"]
+
+
+def test_beam_options_take_alpha_and_beta_as_given_else_tuned_else_the_defaults(tmp_path):
+    model = tmp_path / "best.pt"
+    defaults = decode.BeamSearchOptions()
+    options, tuned = decode.beam_options("lm.bin", model)
+    assert (options.alpha, options.beta, tuned) == (defaults.alpha, defaults.beta, False)
+    (tmp_path / decode.DECODING_FILE).write_text('{"alpha": 0.75, "beta": -1.5}')
+    options, tuned = decode.beam_options("lm.bin", model, beam_width=7)
+    assert (options.alpha, options.beta, options.beam_width, options.lm, tuned) == (0.75, -1.5, 7, "lm.bin", True)
+    options, tuned = decode.beam_options("lm.bin", model, alpha=2.0)
+    assert (options.alpha, options.beta, tuned) == (2.0, -1.5, True)
+    options, tuned = decode.beam_options("lm.bin", model, alpha=2.0, beta=0.0)
+    assert (options.alpha, options.beta, tuned) == (2.0, 0.0, False)
+    (tmp_path / decode.DECODING_FILE).write_text('{"alpha": "high", "beta": 1}')
+    with pytest.raises(ValueError, match="alpha/beta must be finite numbers"):
+        decode.beam_options("lm.bin", model)
+    (tmp_path / decode.DECODING_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="not a JSON decoding file"):
+        decode.beam_options("lm.bin", model)

@@ -1,5 +1,6 @@
 """The whole pipeline through the command line, on a handful of synthesized utterances."""
 
+import csv
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 from ds2.cli import app
 from ds2 import audio
 from ds2.data import read_manifest
+from ds2.metrics import score_pairs
 
 runner = CliRunner()
 
@@ -31,10 +33,16 @@ def test_synthesize_prepare_train_decode_score_transcribe(tmp_path):
         "train", tmp_path / "train.json", tmp_path / "dev.json", "-o", exp, "--epochs", 2, "--batch-size", 8,
         "--optimizer", "adam", "--lr", "1e-3", "--conv-layers", 1, "--conv-channels", 8, "--conv-kernels", "41x11",
         "--conv-strides", "2x2", "--rnn-layers", 1, "--rnn-hidden", 32, "--fc-hidden", 32, "--num-workers", 0,
-        "--no-progress",
+        "--no-progress", "--log-every", 1,
     )
-    for name in ("best.pt", "last.pt", "log.csv", "epochs.csv", "curves.png", "train.log"):
+    for name in ("best.pt", "last.pt", "log.csv", "epochs.csv", "curves.png", "train.log", "run.json"):
         assert (exp / name).exists(), name
+    # it learned something: the CTC loss fell, on the training batches and on dev
+    losses = [float(row["loss"]) for row in csv.DictReader(open(exp / "log.csv"))]
+    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses
+    dev_losses = [float(row["dev_loss"]) for row in csv.DictReader(open(exp / "epochs.csv"))]
+    assert dev_losses[1] < dev_losses[0], dev_losses
+    assert json.loads((exp / "run.json").read_text())["ctc_backend"] == "numba"
     assert list((exp / "tensorboard").iterdir()), "no TensorBoard event file"
     assert (exp / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -49,8 +57,10 @@ def test_synthesize_prepare_train_decode_score_transcribe(tmp_path):
     assert figures["n_utterances"] == 4
     assert figures["words"]["n_ref"] == sum(len(r["text"].split()) for r in references)
     assert "WER" in out and "CER" in out
-    # Two epochs of 16 clips learn little, but the scorer must see real hypotheses.
-    assert 0 < figures["cer"] <= 100 + 100 * figures["chars"]["insertions"] / figures["chars"]["n_ref"]
+    # the scorer saw the real hypotheses: its figures are those of the pairs in hyp.json
+    again = score_pairs((h["text"], h["pred_text"]) for h in hypotheses)
+    assert (figures["wer"], figures["cer"]) == (again.wer, again.cer)
+    assert figures["chars"]["n_ref"] == sum(len(" ".join(r["text"].split())) for r in references)
 
     # transcribe: any rate and channel count, one line per file, same text as decode
     waveform = audio.load_audio(references[0]["audio_filepath"])
@@ -62,22 +72,3 @@ def test_synthesize_prepare_train_decode_score_transcribe(tmp_path):
     assert len(lines) == 2
     by_path = {h["audio_filepath"]: h["pred_text"] for h in hypotheses}
     assert lines[0] == by_path[references[0]["audio_filepath"]]
-
-
-def test_cli_reports_bad_input_without_traceback(tmp_path):
-    result = runner.invoke(app, ["score", str(tmp_path / "nope.json")])
-    assert result.exit_code == 1
-    assert "error:" in result.output and "nope.json" in result.output and "Traceback" not in result.output
-    bad = tmp_path / "bad.json"
-    bad.write_text('{"audio_filepath": "a.wav", "duration": 1, "text": "a"}\nnot json\n')
-    result = runner.invoke(app, ["decode", str(tmp_path / "missing.pt"), str(bad), "-o", str(tmp_path / "o.json")])
-    assert result.exit_code == 1 and "missing.pt" in result.output
-    result = runner.invoke(app, ["transcribe", str(tmp_path / "missing.pt"), str(tmp_path / "a.wav")])
-    assert result.exit_code == 1 and "checkpoint not found" in result.output
-
-
-def test_every_command_explains_itself():
-    for command in ([], ["prepare"], ["prepare", "synth"], ["prepare", "librispeech"], ["prepare", "folder"],
-                    ["train"], ["decode"], ["transcribe"], ["score"]):
-        result = runner.invoke(app, [*command, "--help"])
-        assert result.exit_code == 0 and "Usage" in result.output, command

@@ -297,6 +297,27 @@ def test_folder_tree(tmp_path, caplog):
     assert sorted(warned) == sorted(f"rejected: {r['reason']}" for r in rejects)
 
 
+def test_symlink_loops_are_rejected_and_every_good_file_kept(tmp_path, caplog):
+    root = tmp_path / "corpus"
+    _good_pair(root)
+    _good_pair(root / "more", "second", text="second one")
+    (root / "loop.wav").symlink_to("loop.wav")  # points at itself
+    (root / "loop.txt").write_text("a loop", encoding="utf-8")
+    (root / "more" / "back").symlink_to("..", target_is_directory=True)  # a folder loop
+    (root / "dangling.wav").symlink_to(tmp_path / "gone.wav")
+    (root / "dangling.txt").write_text("gone", encoding="utf-8")
+    for layout in (prepare_folder, prepare_librispeech):
+        if layout is prepare_librispeech:
+            (root / "more" / "1-2.trans.txt").write_text("1-2-3 hello\n", encoding="utf-8")
+        result = layout(root, tmp_path / f"{layout.__name__}.json", progress=False)
+        rejects = {Path(r["audio_filepath"]).name: r["reason"] for r in _read_jsonl(result.rejects)}
+        assert "cannot resolve the path" in rejects["loop.wav"] and str(root / "loop.wav") in rejects["loop.wav"]
+        if layout is prepare_folder:
+            texts = sorted(r["text"] for r in read_manifest(result.manifest))
+            assert texts == ["good audio", "second one"]  # each once: the folder loop is walked once
+            assert "file not found" in rejects["gone.wav"]
+
+
 def test_folder_that_is_not_a_directory(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         prepare_folder(tmp_path / "nope", tmp_path / "train.json", progress=False)

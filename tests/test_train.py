@@ -2,6 +2,11 @@ import csv
 import json
 import logging
 import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +17,7 @@ from ds2.data import SpeechDataset, collate, read_manifest, write_manifest
 from ds2.model import DeepSpeech2, ModelConfig
 from ds2.synth import SynthConfig, synthesize_corpus
 from ds2.text import Alphabet
-from ds2.train import TrainConfig, compute_loss, train
+from ds2.train import TrainConfig, TrainingError, compute_loss, train
 
 TINY_MODEL = dict(
     conv_layers=1, conv_channels=(4,), conv_kernels=((41, 11),), conv_strides=((4, 2),),
@@ -128,3 +133,142 @@ def test_learning_rate_defaults_per_optimizer_and_bad_values_are_refused(tmp_pat
     for bad in (dict(lr=math.nan), dict(lr=-1.0), dict(anneal=0.0), dict(grad_clip=math.inf), dict(optimizer="rmsprop")):
         with pytest.raises(ValueError):
             TrainConfig(**base, **bad)
+
+
+# --------------------------------------------------------------------------- data it cannot use
+
+
+def test_a_manifest_whose_audio_is_all_missing_stops_before_training(corpus, tmp_path):
+    moved = tmp_path / "elsewhere" / "train.json"  # relative paths copied away from their corpus
+    moved.parent.mkdir()
+    moved.write_text(corpus["train"].read_text())
+    with pytest.raises(TrainingError, match=r"8 of 8 audio files are missing \(100% > --max-unusable 50%\)"):
+        train(_config(corpus, tmp_path / "run", train_manifest=str(moved)))
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_an_epoch_that_cannot_use_most_of_its_data_is_an_error(corpus, tmp_path):
+    records = list(read_manifest(corpus["train"]))
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00garbage" * 10)
+    manifest = tmp_path / "mostly_bad.json"
+    write_manifest(manifest, records[:3] + [{**r, "audio_filepath": str(corrupt)} for r in records[3:]])
+    with pytest.raises(TrainingError, match=r"epoch 1: 5 of 8 training utterances could not be used"):
+        train(_config(corpus, tmp_path / "run", train_manifest=str(manifest), batch_size=8))
+    # with a higher tolerance the same data trains
+    state = train(_config(corpus, tmp_path / "run2", train_manifest=str(manifest), batch_size=8, epochs=1,
+                          max_unusable=0.7))
+    assert state.skipped_load == 5 and state.step > 0
+
+
+def test_the_ctc_backend_that_ran_is_recorded_and_a_fallback_is_logged(corpus, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(ctc, "_numba_kernels", lambda: None)  # as if numba could not load
+    monkeypatch.setattr(ctc, "_FALLBACK_LOGGED", set())
+    with caplog.at_level(logging.INFO):
+        train(_config(corpus, tmp_path / "run", epochs=1))
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["ctc_backend"] == "torch"
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["training"]["ctc_backend"] == "torch"
+    assert any("CTC: torch" in message for message in caplog.messages)
+    assert any("--ctc auto: our numba kernel is unavailable" in message for message in caplog.messages)
+    with pytest.raises(ValueError, match="--ctc numba: the numba CTC kernel cannot load"):
+        train(_config(corpus, tmp_path / "run2", epochs=1, ctc="numba"))
+
+
+# --------------------------------------------------------------------------- one scoring normalization
+
+
+def test_ds2_score_and_the_dev_evaluation_agree_on_mixed_case_and_punctuation(corpus, tmp_path, restore_logging):
+    """The same hypotheses get the same WER/CER from `ds2 score` and from training's dev
+    evaluation, on a manifest whose references are written the way people write."""
+    from typer.testing import CliRunner
+
+    from ds2.cli import app
+    from ds2.train import evaluate
+
+    records = list(read_manifest(corpus["dev"])) + list(read_manifest(corpus["test"]))
+    styled = [
+        {**records[0], "text": records[0]["text"].capitalize() + "!"},
+        {**records[1], "text": '"' + records[1]["text"].upper() + '"'},
+        {**records[2], "text": records[2]["text"].replace(" ", " -- ", 1) + "?"},
+        {**records[3], "text": records[3]["text"].title() + "."},
+    ]
+    manifest = tmp_path / "styled.json"
+    write_manifest(manifest, styled)
+    model_path = Path(__file__).parent / "data" / "checkpoint_v1.pt"  # says something for every clip
+    model, alphabet = load_model(model_path)
+    _, dev_wer, dev_cer = evaluate(model, SpeechDataset(manifest, alphabet), torch.device("cpu"), "numba")
+
+    runner = CliRunner()
+    hypotheses = tmp_path / "hyp.json"
+    result = runner.invoke(app, ["decode", str(model_path), str(manifest), "-o", str(hypotheses),
+                                 "--no-progress", "--num-workers", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    for normalize, agree in (("--normalize", True), ("--no-normalize", False)):
+        result = runner.invoke(app, ["score", str(hypotheses), normalize, "--json", str(tmp_path / "s.json")])
+        assert result.exit_code == 0, result.output
+        scored = json.loads((tmp_path / "s.json").read_text())
+        same = scored["wer"] == pytest.approx(dev_wer) and scored["cer"] == pytest.approx(dev_cer)
+        assert same == agree, (normalize, scored["wer"], scored["cer"], dev_wer, dev_cer)
+
+
+# --------------------------------------------------------------------------- kill -9 at any moment
+
+
+def _train_command(corpus, out_dir, **overrides):
+    options = dict(epochs=4, batch_size=2, optimizer="sgd", lr=1e-3, num_workers=0, checkpoint_every=1,
+                   log_every=1, threads=1, conv_layers=1, conv_channels="4", conv_kernels="41x11",
+                   conv_strides="4x2", rnn_layers=1, rnn_hidden=16, fc_hidden=16)
+    options.update(overrides)
+    args = [sys.executable, "-m", "ds2.cli", "train", str(corpus["train"]), str(corpus["dev"]), "-o", str(out_dir),
+            "--no-progress"]
+    for name, value in options.items():
+        flag = name.replace("_", "-")
+        args += ([f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)])
+    return args
+
+
+def _kill_when(args, ready, timeout=120.0):
+    """Start ``args``, SIGKILL it as soon as ``ready()`` holds (or when it ends by itself)."""
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if ready():
+            process.kill()
+            break
+        time.sleep(0.005)
+    process.wait()
+    return process.returncode
+
+
+@pytest.mark.slow
+def test_killed_with_sigkill_at_any_moment_training_resumes_to_the_same_end(corpus, tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run(_train_command(corpus, straight), check=True, capture_output=True)
+
+    run = tmp_path / "killed"
+    log_csv = run / "log.csv"
+
+    def rows():
+        return log_csv.read_text().count("\n") - 1 if log_csv.exists() else -1
+
+    # 1: killed the moment log.csv exists (the header may or may not be on disk, no row yet)
+    assert _kill_when(_train_command(corpus, run), lambda: log_csv.exists()) == -signal.SIGKILL
+    assert rows() <= 0
+    # 2, 3: killed in the middle of later epochs, after checkpoints
+    for target in (5, 11):
+        code = _kill_when(_train_command(corpus, run, resume=(run / "last.pt").exists()), lambda t=target: rows() >= t)
+        assert code == -signal.SIGKILL
+    finished = subprocess.run(_train_command(corpus, run, resume=True), capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+
+    ours, theirs = load_checkpoint(run / "last.pt"), load_checkpoint(straight / "last.pt")
+    for key, value in theirs["model"].items():
+        assert torch.equal(ours["model"][key], value), key
+    assert ours["training"]["state"] == theirs["training"]["state"]
+    # every file the runs appended to is whole: one header, each step and epoch exactly once
+    steps = [int(row["step"]) for row in csv.DictReader(open(log_csv))]
+    assert steps == [int(row["step"]) for row in csv.DictReader(open(straight / "log.csv"))]
+    assert steps == sorted(set(steps))
+    epochs = [row["epoch"] for row in csv.DictReader(open(run / "epochs.csv"))]
+    assert epochs == ["1", "2", "3", "4"]
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
