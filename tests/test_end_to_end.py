@@ -30,18 +30,18 @@ def test_synthesize_prepare_train_decode_score_transcribe(tmp_path):
         assert "0 rejected" in out
     exp = tmp_path / "exp"
     invoke(
-        "train", tmp_path / "train.json", tmp_path / "dev.json", "-o", exp, "--epochs", 2, "--batch-size", 8,
-        "--optimizer", "adam", "--lr", "1e-3", "--conv-layers", 1, "--conv-channels", 8, "--conv-kernels", "41x11",
+        "train", tmp_path / "train.json", tmp_path / "dev.json", "-o", exp, "--epochs", 3, "--batch-size", 8,
+        "--optimizer", "adam", "--lr", "5e-3", "--anneal", 1, "--conv-layers", 1, "--conv-channels", 8, "--conv-kernels", "41x11",
         "--conv-strides", "2x2", "--rnn-layers", 1, "--rnn-hidden", 32, "--fc-hidden", 32, "--num-workers", 0,
         "--no-progress", "--log-every", 1,
     )
     for name in ("best.pt", "last.pt", "log.csv", "epochs.csv", "curves.png", "train.log", "run.json"):
         assert (exp / name).exists(), name
-    # it learned something: the CTC loss fell, on the training batches and on dev
-    losses = [float(row["loss"]) for row in csv.DictReader(open(exp / "log.csv"))]
-    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses
+    # it learned something: the dev CTC loss fell from epoch to epoch (the per-step training
+    # loss is no measure: SortaGrad's first batches are the short utterances)
+    assert len(list(csv.DictReader(open(exp / "log.csv")))) == 6  # --log-every 1, 2 steps per epoch
     dev_losses = [float(row["dev_loss"]) for row in csv.DictReader(open(exp / "epochs.csv"))]
-    assert dev_losses[1] < dev_losses[0], dev_losses
+    assert dev_losses[0] > dev_losses[1] > dev_losses[2] and dev_losses[2] < 0.9 * dev_losses[0], dev_losses
     assert json.loads((exp / "run.json").read_text())["ctc_backend"] == "numba"
     assert list((exp / "tensorboard").iterdir()), "no TensorBoard event file"
     assert (exp / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
