@@ -30,6 +30,8 @@ class AudioError(ValueError):
 
 def audio_info(path: str | Path) -> tuple[float, int, int]:
     """Header facts without decoding: (duration in seconds, sample rate, channels)."""
+    if not Path(path).exists():
+        raise AudioError(f"{path}: file not found")
     try:
         info = soundfile.info(str(path))
     except FileNotFoundError:

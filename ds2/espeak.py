@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import threading
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,19 @@ _CHARS_UTF8 = 1
 _PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH = 1, 2, 3
 _EE_OK = 0
 _RANDOM_SEED = 0  # eSpeak seeds its noise generator from the clock; fix it
+
+_EVENT_LIST_TERMINATED, _EVENT_WORD = 0, 1
+
+
+class _Event(ctypes.Structure):
+    """espeak_EVENT (speak_lib.h); ``id`` is a union of int, const char* and char[8]."""
+
+    _fields_ = [
+        ("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p), ("id", ctypes.c_void_p),
+    ]  # fmt: skip
+
 
 # int SynthCallback(short *wav, int numsamples, espeak_EVENT *events); returns 0 to go on.
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
@@ -104,6 +118,7 @@ class _Espeak:
         self.library_path = Path(folder) / f"ds2-{source.name}"
         shutil.copyfile(source, self.library_path)
         self._chunks: list[np.ndarray] = []
+        self._words: list[tuple[int, int, int]] = []  # (text position, length, native sample) per word
         # Keep a reference: ctypes frees the trampoline with the Python object, and the
         # library would then call freed memory.
         self._callback = _SYNTH_CALLBACK(self._collect)
@@ -137,13 +152,21 @@ class _Espeak:
     def _collect(self, wav, n_samples, events) -> int:
         if wav and n_samples > 0:  # wav is NULL at the end; n_samples may be 0 mid-stream
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n_samples,)).copy())
+        if events:
+            event = ctypes.cast(events, ctypes.POINTER(_Event))
+            i = 0
+            while event[i].type != _EVENT_LIST_TERMINATED:
+                if event[i].type == _EVENT_WORD:  # text_position is 1-based, in characters
+                    self._words.append((event[i].text_position - 1, event[i].length, event[i].sample))
+                i += 1
         return 0
 
     def variant_exists(self, variant: str) -> bool:
         return (self.data_path / "voices" / "!v" / variant).is_file()
 
-    def speak(self, text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
-        """int16 samples at ``self.sample_rate``, shape = (n_samples,). Caller holds the lock."""
+    def speak(self, text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        """int16 samples at ``self.sample_rate``, shape = (n_samples,), and the words as eSpeak
+        reported them: (character offset in ``text``, length, first sample). Caller holds the lock."""
         variant = voice_variant(voice)
         # eSpeak ignores an unknown variant without an error; check it here instead.
         if variant and not self.variant_exists(variant):
@@ -155,13 +178,14 @@ class _Espeak:
             # Parameters after the voice: selecting a voice resets them.
             for parameter, value in ((_PARAM_RATE, rate), (_PARAM_PITCH, pitch), (_PARAM_VOLUME, VOLUME)):
                 lib.espeak_SetParameter(parameter, value, 0)
-            self._chunks = []
+            self._chunks, self._words = [], []
             status = lib.espeak_Synth(encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
             lib.espeak_Synchronize()
         if status != _EE_OK:
             raise RuntimeError(f"espeak_Synth failed with status {status} for {text!r}")
         chunks, self._chunks = self._chunks, []
-        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        words, self._words = self._words, []
+        return (np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)), words
 
 
 def _remove_folder(folder: str, owner_pid: int) -> None:
@@ -201,6 +225,12 @@ def check_voice(voice: str) -> None:
     synthesize("a", voice, rate=175, pitch=50)
 
 
+@dataclass(frozen=True)
+class Speech:
+    waveform: torch.Tensor  # shape = (n_samples,), float32 in [-1, 1), at audio.SAMPLE_RATE
+    words: tuple[tuple[str, float], ...]  # (word as written in the text, start in seconds), in order
+
+
 def synthesize(text: str, voice: str, rate: int, pitch: int) -> torch.Tensor:
     """Speak ``text`` with an eSpeak NG voice.
 
@@ -220,6 +250,16 @@ def synthesize(text: str, voice: str, rate: int, pitch: int) -> torch.Tensor:
     every call. Thread-safe (one engine per process, behind a lock). Raises ValueError
     for empty text, an unknown voice or out-of-range settings.
     """
+    return speak(text, voice, rate, pitch).waveform
+
+
+def speak(text: str, voice: str, rate: int, pitch: int) -> Speech:
+    """:func:`synthesize`, with where each word starts.
+
+    eSpeak reports a word event at the first sample it generates for the word (its
+    ``sample`` field, at the native rate): the start times are exact for the synthesized
+    audio, which makes them a ground truth for forced alignment.
+    """
     if not text.strip():
         raise ValueError("nothing to synthesize: empty text")
     if not 80 <= rate <= 450:
@@ -228,8 +268,8 @@ def synthesize(text: str, voice: str, rate: int, pitch: int) -> torch.Tensor:
         raise ValueError(f"pitch must be 0-100, got {pitch}")
     with _ENGINE_LOCK:
         engine = _engine()
-        samples = engine.speak(text, voice, rate, pitch)
+        samples, events = engine.speak(text, voice, rate, pitch)
         native_rate = engine.sample_rate
     waveform = torch.from_numpy(samples.astype(np.float32) / INT16_SCALE)
-    return audio.resample(waveform, native_rate).contiguous()
-
+    words = tuple((text[position: position + length], sample / native_rate) for position, length, sample in events)
+    return Speech(audio.resample(waveform, native_rate).contiguous(), words)

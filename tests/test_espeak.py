@@ -27,7 +27,7 @@ def test_synthesize_gives_speech_like_16khz_audio():
     native_rate = espeak.native_sample_rate()
     assert native_rate == 22050
     with espeak._ENGINE_LOCK:
-        native = espeak._engine().speak(SENTENCE, "en-us", rate=175, pitch=50)
+        native, _ = espeak._engine().speak(SENTENCE, "en-us", rate=175, pitch=50)
     assert abs(waveform.numel() - len(native) * audio.SAMPLE_RATE / native_rate) <= 1
 
 
@@ -84,3 +84,16 @@ def test_reset_after_fork_replaces_a_held_lock():
         assert espeak._ENGINE_LOCK.acquire(timeout=1)  # the old lock is still held here
         espeak._ENGINE_LOCK.release()
     assert synthesize("the cat sat", "en-us", rate=175, pitch=50).numel() > 0
+
+
+def test_speak_reports_where_every_word_starts():
+    text = "where did the seventy two red boxes go?"
+    speech = espeak.speak(text, "en-us+f3", rate=175, pitch=50)
+    assert torch.equal(speech.waveform, synthesize(text, "en-us+f3", rate=175, pitch=50))
+    assert [word for word, _ in speech.words] == ["where", "did", "the", "seventy", "two", "red", "boxes", "go"]
+    starts = [start for _, start in speech.words]
+    assert starts[0] == pytest.approx(0.0, abs=0.02) and starts == sorted(starts) and len(set(starts)) == len(starts)
+    seconds = len(speech.waveform) / audio.SAMPLE_RATE
+    assert starts[-1] < seconds - 0.1
+    slower = espeak.speak(text, "en-us+f3", rate=110, pitch=50)  # the same words, later
+    assert all(b > a for (_, a), (_, b) in zip(speech.words[1:], slower.words[1:]))
