@@ -204,3 +204,15 @@ def show_strs(values: tuple[str, ...]) -> str:
 # torch device names the options accept (checked before any work; availability is checked when used)
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+
+
+def parse_floats(text: str) -> tuple[float, ...]:
+    """'0.1,0.6' -> (0.1, 0.6)."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected numbers separated by commas, e.g. 0.1,0.6; got {text!r}") from None
+
+
+def show_floats(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)

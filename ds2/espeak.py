@@ -228,7 +228,14 @@ def check_voice(voice: str) -> None:
 @dataclass(frozen=True)
 class Speech:
     waveform: torch.Tensor  # shape = (n_samples,), float32 in [-1, 1), at audio.SAMPLE_RATE
-    words: tuple[tuple[str, float], ...]  # (word as written in the text, start in seconds), in order
+    word_positions: tuple[tuple[str, float, int], ...]  # (text eSpeak read as a word, start in seconds,
+    #                                                     its character offset in the text), in order
+
+    @property
+    def words(self) -> tuple[tuple[str, float], ...]:
+        """(word, start in seconds) per word event. eSpeak may stop a word at an apostrophe
+        ("don" for "don't") and may give an unstressed word no event of its own."""
+        return tuple((word, start) for word, start, _ in self.word_positions)
 
 
 def synthesize(text: str, voice: str, rate: int, pitch: int) -> torch.Tensor:
@@ -271,5 +278,6 @@ def speak(text: str, voice: str, rate: int, pitch: int) -> Speech:
         samples, events = engine.speak(text, voice, rate, pitch)
         native_rate = engine.sample_rate
     waveform = torch.from_numpy(samples.astype(np.float32) / INT16_SCALE)
-    words = tuple((text[position: position + length], sample / native_rate) for position, length, sample in events)
+    words = tuple((text[position: position + length], sample / native_rate, position)
+                  for position, length, sample in events)
     return Speech(audio.resample(waveform, native_rate).contiguous(), words)

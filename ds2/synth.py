@@ -2,10 +2,12 @@
 
 Sentences come from the English grammar of :mod:`ds2.grammar`; each is spoken by an
 eSpeak NG voice (:mod:`ds2.espeak`: an English accent plus a voice variant, e.g.
-``"en-us+m3"``) at a random speaking rate (words per minute) and pitch (0-100). Every
-utterance's text, voice, rate and pitch are planned from :class:`SynthConfig` before any
-audio is made, so the same config gives byte-identical files whatever the number of
-worker processes.
+``"en-us+m3"``) at a random speaking rate (words per minute) and pitch (0-100), with
+silence before and after and a background noise floor (eSpeak alone is digitally silent
+between and around words, which no recording is). Every utterance's text, voice, rate,
+pitch, silences and noise level are planned from :class:`SynthConfig` before any audio is
+made, and its noise is seeded by its place in the corpus, so the same config gives
+byte-identical files whatever the number of worker processes.
 
 Dev and test hold sentences *and* voices never seen in training: the voices are split
 into two disjoint groups (:data:`ENGLISH_VOICES`), and the dev/test sentences are drawn
@@ -24,16 +26,24 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import soundfile
 
 from ds2 import audio, espeak, grammar, io
-from ds2.config import ConfigError, check, flag_name, option, parse_ints, parse_strs, show_ints, show_strs
+from ds2.config import (ConfigError, check, flag_name, option, parse_floats, parse_ints, parse_strs, show_floats,
+                        show_ints, show_strs)
 from ds2.data import write_manifest
 
 SPLITS = ("train", "dev", "test")
 RATE_RANGE = (130, 210)  # speaking rate, words per minute (eSpeak's default is 175)
 PITCH_RANGE = (30, 70)  # eSpeak base pitch, 0-100 (50 is the voice's own pitch)
 MAX_WORKERS = 8  # default cap on synthesis processes
+# eSpeak's speech starts and ends at the first and last sample, and is digitally silent in
+# between words: a model trained on that has never heard a pause or a room, and cannot
+# transcribe a recording with either. Each utterance gets silence on both sides and a
+# noise floor 25-45 dB below the speech (eSpeak's speech is about -25 dBFS RMS).
+PAD_RANGE = (0.1, 0.6)
+NOISE_DB_RANGE = (-70.0, -50.0)
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,13 @@ class SynthConfig:
                                            parse=parse_strs, show=show_strs)
     heldout_voices: tuple[str, ...] = option(ENGLISH_VOICES.heldout, "eSpeak voices of dev and test (no variant "
                                              "of a training voice).", parse=parse_strs, show=show_strs)
+    pad_range: tuple[float, float] = option(PAD_RANGE, "Silence before and after the speech, seconds (drawn for "
+                                            "each side of each utterance; 0,0: none).", parse=parse_floats,
+                                            show=show_floats)
+    noise_db_range: tuple[float, float] = option(NOISE_DB_RANGE, "Background noise floor, dB below full scale "
+                                                 "(RMS; one level drawn per utterance).", parse=parse_floats,
+                                                 show=show_floats)
+    noise: bool = option(True, "Add the background noise floor (recordings are never digitally silent).")
 
     def __post_init__(self):
         check(self)
@@ -109,6 +126,10 @@ class SynthConfig:
         ):
             if len(values) != 2 or not lowest <= values[0] <= values[1] <= highest:
                 raise ConfigError(f"{flag_name(name)} must be LOW,HIGH with {lowest} <= LOW <= HIGH <= {highest}")
+        for name, values, (lowest, highest) in (("pad_range", self.pad_range, (0.0, 10.0)),
+                                                ("noise_db_range", self.noise_db_range, (-120.0, -10.0))):
+            if len(values) != 2 or not lowest <= values[0] <= values[1] <= highest:
+                raise ConfigError(f"{flag_name(name)} must be LOW,HIGH with {lowest:g} <= LOW <= HIGH <= {highest:g}")
         if not self.train_voices or not self.heldout_voices:
             raise ValueError("train_voices and heldout_voices must not be empty")
         shared = {espeak.voice_variant(v) for v in self.resolved_voices("train")} & {
@@ -158,20 +179,50 @@ def _plan(config: SynthConfig) -> dict[str, list[dict]]:
                 "voice": voice,
                 "rate": rng.randint(*config.rate_range),
                 "pitch": rng.randint(*config.pitch_range),
+                "pad": (round(rng.uniform(*config.pad_range), 3), round(rng.uniform(*config.pad_range), 3)),
+                "noise_db": round(rng.uniform(*config.noise_db_range), 1) if config.noise else None,
             }
             for index, (text, voice) in enumerate(zip(texts[split], assigned))
         ]
     return plan
 
 
-def _render(job: tuple[str, str, int, int, str]) -> int:
+def _render(utterance: dict) -> tuple[int, list[float] | None]:
     """Synthesize one utterance, write its wav and its transcript beside it (same name,
-    .txt: the folder layout `ds2 prepare folder` reads); returns its length in samples."""
-    text, voice, rate, pitch, path = job
-    waveform = espeak.synthesize(grammar.spoken_form(text), voice, rate, pitch)
-    soundfile.write(path, waveform.numpy(), audio.SAMPLE_RATE, subtype="PCM_16")
-    Path(path).with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
-    return waveform.numel()
+    .txt: the folder layout `ds2 prepare folder` reads).
+
+    Returns its length in samples and where each of its words starts (seconds, from eSpeak's
+    word events, silence before included; None for a word without an event).
+    """
+    text = utterance["text"]
+    speech = espeak.speak(grammar.spoken_form(text), utterance["voice"], utterance["rate"], utterance["pitch"])
+    before, after = (int(round(seconds * audio.SAMPLE_RATE)) for seconds in utterance["pad"])
+    waveform = np.concatenate([np.zeros(before, np.float32), speech.waveform.numpy(), np.zeros(after, np.float32)])
+    if utterance["noise_db"] is not None:
+        rng = np.random.default_rng(utterance["noise_seed"])
+        waveform += (10 ** (utterance["noise_db"] / 20) * rng.standard_normal(len(waveform))).astype(np.float32)
+    soundfile.write(utterance["path"], np.clip(waveform, -1.0, 1.0), audio.SAMPLE_RATE, subtype="PCM_16")
+    Path(utterance["path"]).with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
+    return len(waveform), _word_starts(text, speech, utterance["pad"][0])
+
+
+def _word_starts(text: str, speech: espeak.Speech, offset: float) -> list[float | None]:
+    """Start (seconds) of each word of ``text`` from eSpeak's word events; None for a word
+    eSpeak ran into its neighbour without an event of its own (e.g. "the" in "on the desk")."""
+    spoken = grammar.spoken_form(text)  # the text eSpeak was given: the same words, plus "?" or "."
+    starts: list[float | None] = [None] * len(text.split())
+    position, index = 0, 0
+    bounds = []
+    for word in text.split():
+        position = spoken.index(word, position)
+        bounds.append((position, position + len(word)))
+        position += len(word)
+    for event_text, start, event_position in speech.word_positions:
+        while index < len(bounds) and bounds[index][1] <= event_position:
+            index += 1
+        if index < len(bounds) and bounds[index][0] <= event_position and starts[index] is None:
+            starts[index] = round(start + offset, 4)
+    return starts
 
 
 def _default_workers() -> int:
@@ -187,7 +238,10 @@ def synthesize_corpus(
     in ``<utt_id>.txt`` beside it, and
     ``out_dir/<split>.json`` (JSON lines: ``audio_filepath`` relative to ``out_dir``,
     ``duration`` in seconds, ``text``, and ``voice``, ``speaker`` (= the voice), ``rate``
-    (words per minute), ``pitch`` (0-100)). Everything is decided by ``config`` before
+    (words per minute), ``pitch`` (0-100), ``noise_db`` (the noise floor, dBFS, or None) and
+    ``word_starts`` (seconds from the start of the file where each word of ``text`` begins,
+    from eSpeak's word events: the ground truth of forced alignment; null for the few words
+    eSpeak runs into the next one without an event)). Everything is decided by ``config`` before
     any audio is made, so the same config gives byte-identical manifests whatever the
     number of ``workers`` (forked processes; default: one per available core, at most
     MAX_WORKERS; 1 runs in this process).
@@ -201,31 +255,34 @@ def synthesize_corpus(
     for voice in sorted({u["voice"] for split in SPLITS for u in plan[split]}):
         espeak.check_voice(voice)  # fail before minutes of synthesis, not in the middle
     jobs = []
-    for split in SPLITS:
+    for split_index, split in enumerate(SPLITS):
         (out_dir / "wav" / split).mkdir(parents=True, exist_ok=True)
-        for utterance in plan[split]:
-            utterance["path"] = (out_dir / "wav" / split / f"{utterance['utt_id']}.wav").resolve()
-            settings = (utterance["text"], utterance["voice"], utterance["rate"], utterance["pitch"])
-            jobs.append((*settings, str(utterance["path"])))
+        for index, utterance in enumerate(plan[split]):
+            utterance["path"] = str((out_dir / "wav" / split / f"{utterance['utt_id']}.wav").resolve())
+            utterance["noise_seed"] = [config.seed, split_index, index]  # the noise of this utterance only
+            jobs.append(utterance)
     rendered = io.process_map(
         _render, jobs, workers or _default_workers(), initializer=espeak.reset_after_fork,
         chunksize=8, progress=progress, desc="synthesizing", unit="utt",
     )
-    lengths = iter(list(rendered))  # samples per utterance, in the order of the plan
+    results = iter(list(rendered))  # (samples, word starts) per utterance, in the order of the plan
     manifests = {}
     for split in SPLITS:
-        records = [
-            {
-                "audio_filepath": str(utterance["path"]),
-                "duration": next(lengths) / audio.SAMPLE_RATE,
+        records = []
+        for utterance in plan[split]:
+            n_samples, word_starts = next(results)
+            record = {
+                "audio_filepath": utterance["path"],
+                "duration": n_samples / audio.SAMPLE_RATE,
                 "text": utterance["text"],
                 "voice": utterance["voice"],
                 "speaker": utterance["voice"],
                 "rate": utterance["rate"],
                 "pitch": utterance["pitch"],
+                "noise_db": utterance["noise_db"],
             }
-            for utterance in plan[split]
-        ]
+            record["word_starts"] = word_starts
+            records.append(record)
         manifests[split] = out_dir / f"{split}.json"
         write_manifest(manifests[split], records)
     return manifests

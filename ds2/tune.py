@@ -30,7 +30,8 @@ COARSE_BETAS = (-1.0, 0.0, 1.0, 2.0, 3.0)
 
 @dataclass(frozen=True)
 class TuneOptions:
-    beam_width: int = option(32, "Beam width while tuning (a narrower beam than decoding's, for speed).", min=1)
+    beam_width: int = option(BeamSearchOptions().beam_width, "Beam width while tuning: decoding's own, so "
+                             "the weights are tuned for the search they will be used in.", min=1)
     jobs: int = option(0, "Beam search processes (0: one per core).", min=0)
 
     def __post_init__(self):

@@ -153,3 +153,34 @@ def test_corpus_is_byte_identical_for_a_seed(corpus, tmp_path):
     other = synthesize_corpus(tmp_path / "other", SynthConfig(seed=6, **TINY), progress=False)
     for split in manifests:
         assert other[split].read_bytes() != manifests[split].read_bytes()
+
+
+def test_silence_around_the_speech_with_a_noise_floor_and_word_start_times(corpus):
+    _, config, manifests = corpus
+    for record in records(manifests)["test"] + records(manifests)["train"]:
+        samples, _ = soundfile.read(record["audio_filepath"], dtype="float32")
+        lead = samples[: int(config.pad_range[0] * audio.SAMPLE_RATE * 0.9)]
+        floor = 20 * np.log10(np.sqrt(np.mean(lead.astype(np.float64) ** 2)))
+        assert floor == pytest.approx(record["noise_db"], abs=1.5)  # no digital silence, at the planned level
+        assert config.noise_db_range[0] <= record["noise_db"] <= config.noise_db_range[1]
+        starts = record["word_starts"]
+        assert len(starts) == len(record["text"].split())
+        assert sum(start is None for start in starts) <= 1  # eSpeak gives (nearly) every word an event
+        starts = [start for start in starts if start is not None]
+        assert starts == sorted(starts)
+        assert config.pad_range[0] - 0.01 <= starts[0] <= config.pad_range[1] + 0.05  # after the silence
+        assert starts[-1] < record["duration"] - config.pad_range[0]
+        speech_onset = np.argmax(np.abs(samples) > 20 * 10 ** (record["noise_db"] / 20)) / audio.SAMPLE_RATE
+        # the first word starts where the sound does (a soft first consonant rises above the
+        # threshold up to ~0.1 s later)
+        assert starts[0] - 0.01 <= speech_onset < starts[0] + 0.15
+
+
+def test_no_noise_and_no_padding_when_asked(tmp_path):
+    config = SynthConfig(n_train=0, n_dev=1, n_test=0, seed=5, pad_range=(0.0, 0.0), noise=False)
+    manifests = synthesize_corpus(tmp_path, config, progress=False, workers=1)
+    (record,) = records(manifests)["dev"]
+    samples, _ = soundfile.read(record["audio_filepath"], dtype="float32")
+    assert record["noise_db"] is None and record["word_starts"][0] == pytest.approx(0.0, abs=0.02)
+    windows = samples[: len(samples) // 160 * 160].reshape(-1, 160)
+    assert (np.abs(windows).max(axis=1) == 0).any()  # eSpeak's own digital silence is left as it is
