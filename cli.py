@@ -120,7 +120,9 @@ def _alphabet(alphabet_file: Optional[Path], alphabet_from: Optional[Path]):
 
 # --------------------------------------------------------------------------- prepare
 
-from ds2.decode import BeamSearchOptions, DecodingOptions  # noqa: E402  (options of the commands below)
+from ds2.align import AlignOptions  # noqa: E402  (options of the commands below)
+from ds2.decode import BeamSearchOptions, DecodingOptions  # noqa: E402
+from ds2.longform import ChunkOptions  # noqa: E402
 from ds2.model import ModelConfig  # noqa: E402
 from ds2.synth import SynthConfig  # noqa: E402
 from ds2.train import TrainConfig  # noqa: E402
@@ -301,6 +303,35 @@ def tune(
     _setup_logging()
     best = run(logprobs, manifest, lm, out_dir, config)
     typer.echo(f"best alpha={best['alpha']} beta={best['beta']}: dev WER {best['dev_wer']}% -> {out_dir / 'decoding.json'}")
+
+
+@app.command()
+@_friendly_errors
+@_with_options(ChunkOptions, AlignOptions)
+def align(
+    checkpoint: Annotated[Path, typer.Argument(help="Model checkpoint (a bidirectional model aligns best).")],
+    manifest: Annotated[Path, typer.Argument(help="Manifest of recordings (any length) and their transcripts.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Folder for alignments.json, alignments.ctm, "
+                                          "alignments.rejects.json, summary.json.")],
+    plot: Annotated[Optional[int], typer.Option(help="Also draw record N (0-based): spectrogram, blank "
+                                                "probability and word spans, to OUT_DIR/align_N.png.")] = None,
+    **options,
+):
+    """Forced alignment: where each word of each transcript is, in seconds, with a confidence
+    (CTC Viterbi; long recordings in chunks and windows, memory bounded). Reports the
+    word-start error when the manifest has true word_starts (ds2 prepare synth writes them)."""
+    from ds2.align import align_manifest
+    from ds2.config import from_cli
+
+    chunks, config = from_cli(ChunkOptions, options), from_cli(AlignOptions, options)
+    _setup_logging()
+    summary = align_manifest(checkpoint, manifest, out_dir, chunks, config, plot)
+    typer.echo(f"{out_dir / 'alignments.json'}: {summary['aligned']} of {summary['records']} records aligned, "
+               f"{summary['words']} words ({summary['rejected']} rejected)")
+    if "word_start_error" in summary:
+        error = summary["word_start_error"]
+        typer.echo(f"word start error against the truth ({error['words']} words): median {error['median_ms']} ms, "
+                   f"90th percentile {error['p90_ms']} ms, {100 * error['within_50ms']:.1f}% within 50 ms")
 
 
 @app.command()
