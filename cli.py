@@ -123,6 +123,7 @@ def _alphabet(alphabet_file: Optional[Path], alphabet_from: Optional[Path]):
 from ds2.align import AlignOptions  # noqa: E402  (options of the commands below)
 from ds2.decode import BeamSearchOptions, DecodingOptions  # noqa: E402
 from ds2.longform import ChunkOptions  # noqa: E402
+from ds2.segment import FilterOptions, SegmentOptions  # noqa: E402
 from ds2.model import ModelConfig  # noqa: E402
 from ds2.synth import SynthConfig  # noqa: E402
 from ds2.train import TrainConfig  # noqa: E402
@@ -332,6 +333,62 @@ def align(
         error = summary["word_start_error"]
         typer.echo(f"word start error against the truth ({error['words']} words): median {error['median_ms']} ms, "
                    f"90th percentile {error['p90_ms']} ms, {100 * error['within_50ms']:.1f}% within 50 ms")
+
+
+@app.command()
+@_friendly_errors
+@_with_options(SegmentOptions, ChunkOptions, AlignOptions)
+def segment(
+    checkpoint: Annotated[Path, typer.Argument(help="Model checkpoint (bidirectional, to align).")],
+    manifest: Annotated[Path, typer.Argument(help="Manifest of long recordings and their (possibly flawed) transcripts.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Folder for segments.json, segments.rejects.json, "
+                                          "segment_summary.json.")],
+    truth_field: Annotated[Optional[str], typer.Option(help="A field holding the trusted transcript as "
+                                                       "[[word, start_seconds], ...]: each segment gets the words "
+                                                       "that fall in it as `truth`, to train `ds2 filter`.")] = None,
+    **options,
+):
+    """Cut long recordings into training segments at long pauses of the forced alignment (DS2
+    5.1): mean length near --target-seconds, none over --max-seconds, cut between words. No audio
+    is copied: segments are (offset, duration) windows that training reads directly."""
+    from ds2.config import from_cli
+    from ds2.segment import segment_manifest
+
+    config = from_cli(SegmentOptions, options)
+    chunks, aligning = from_cli(ChunkOptions, options), from_cli(AlignOptions, options)
+    _setup_logging()
+    summary = segment_manifest(checkpoint, manifest, out_dir, config, chunks, aligning, truth_field)
+    typer.echo(f"{out_dir / 'segments.json'}: {summary['segments']} segments from {summary['recordings']} recordings "
+               f"({summary['hours']} h, mean {summary['mean_seconds']} s, longest {summary['max_seconds']} s; "
+               f"pause K = {summary['pause_frames_K']} frames); {summary['rejected']} rejected")
+
+
+@app.command("filter")
+@_friendly_errors
+@_with_options(FilterOptions)
+def filter_command(
+    segments: Annotated[Path, typer.Argument(help="segments.json from `ds2 segment`.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Folder for kept.json, rejected.json, "
+                                          "classifier.json, filter_report.json.")],
+    classifier: Annotated[Optional[Path], typer.Option(help="Use this classifier.json instead of training one on "
+                                                       "the segments that carry a truth.")] = None,
+    **options,
+):
+    """Drop segments whose transcript is probably wrong: a linear classifier on DS2's features
+    (CTC cost and its ratios, frames per character, words, characters), trained on the
+    segments with a trusted transcript. Reports the kept fraction, the transcripts' WER
+    kept/rejected and the classifier's cross-validated precision and recall."""
+    from ds2.config import from_cli
+    from ds2.segment import filter_segments
+
+    config = from_cli(FilterOptions, options)
+    _setup_logging()
+    report = filter_segments(segments, out_dir, config, classifier)
+    wer = f"; transcript WER {report['wer_all']}% -> kept {report['wer_kept']}%" if report["wer_all"] is not None else ""
+    quality = (f"; classifier precision {report['cv_precision']}, recall {report['cv_recall']} (cross-validated)"
+               if "cv_precision" in report else "")
+    typer.echo(f"{out_dir / 'kept.json'}: kept {report['kept']} of {report['segments']} segments "
+               f"({100 * report['kept_fraction']:.1f}%){wer}{quality}")
 
 
 @app.command()

@@ -26,6 +26,7 @@ LAYERS = [
     {"checkpoint", "longform"},
     {"decode"},
     {"tune", "train", "prepare", "synth", "align"},
+    {"segment"},
 ]
 
 
