@@ -127,6 +127,7 @@ from ds2.segment import FilterOptions, SegmentOptions  # noqa: E402
 from ds2.model import ModelConfig  # noqa: E402
 from ds2.synth import SynthConfig  # noqa: E402
 from ds2.train import TrainConfig  # noqa: E402
+from ds2.transcribe import TranscribeOptions  # noqa: E402
 from ds2.tune import TuneOptions  # noqa: E402
 
 
@@ -275,14 +276,16 @@ def decode(
         raise ValueError("give a checkpoint or --logprobs")
     decoding = from_cli(DecodingOptions, options)
     beam = None
-    if lm is not None:
-        others = {k: options[k] for k in ("beam_width", "prune_p", "prune_top", "jobs")}
-        beam, tuned = beam_options(lm, checkpoint or logprobs, options["alpha"], options["beta"], **others)
+    if lm is not None or options["hotwords"]:
+        base = from_cli(BeamSearchOptions, {**options, "alpha": BeamSearchOptions().alpha,
+                                            "beta": BeamSearchOptions().beta}, lm=str(lm or ""))
+        beam, tuned = beam_options(base, checkpoint or logprobs, options["alpha"], options["beta"])
     _setup_logging()
     if beam is not None:
         log.info("LM beam search: alpha=%s beta=%s%s", beam.alpha, beam.beta, " (tuned)" if tuned else "")
     count = decode_manifest(checkpoint, manifest, output, decoding, beam, save_logprobs, logprobs)
-    typer.echo(f"{output}: {count} hypotheses ({'beam search with ' + str(lm) if lm else 'greedy'})")
+    kind = f"beam search with {lm}" if lm else "beam search, no LM" if beam else "greedy"
+    typer.echo(f"{output}: {count} hypotheses ({kind})")
 
 
 @app.command()
@@ -393,22 +396,52 @@ def filter_command(
 
 @app.command()
 @_friendly_errors
+@_with_options(TranscribeOptions, ChunkOptions, BeamSearchOptions, optional=("alpha", "beta"))
 def transcribe(
     checkpoint: Annotated[Path, typer.Argument(help="Model checkpoint.")],
-    files: Annotated[list[Path], typer.Argument(help="Audio files (any rate, mono or stereo).")],
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    files: Annotated[list[Path], typer.Argument(help="Audio files of any length (any rate, mono or stereo).")],
+    lm: Annotated[Optional[Path], typer.Option(help="KenLM model: beam search with it (alpha/beta from decoding.json "
+                                               "beside the checkpoint when tuned).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of the standard "
+                                                   "output; for srt/vtt of several files, a folder (one file each).")] = None,
+    **options,
 ):
-    """Print the text of each audio file, one line each, in the order given. A file that
-    cannot be read gives an empty line and a message on stderr; the others are still
-    transcribed, and the exit status is 1 at the end."""
-    from ds2.decode import transcribe as run
+    """Transcribe audio files of any length: text, or words with start, end and confidence
+    (json, srt, vtt, ctm). A file that cannot be read is reported on stderr (an empty line in
+    text output), the others are transcribed, and the exit status is 1 at the end."""
+    from ds2.config import from_cli
+    from ds2.decode import beam_options
+    from ds2.io import atomic_write
+    from ds2.transcribe import render
+    from ds2.transcribe import transcribe as run
 
-    failed = 0
-    for transcript in run(checkpoint, files, device):
+    config, chunks = from_cli(TranscribeOptions, options), from_cli(ChunkOptions, options)
+    beam = None
+    if lm is not None or options["hotwords"]:
+        base = from_cli(BeamSearchOptions, {**options, "alpha": BeamSearchOptions().alpha,
+                                            "beta": BeamSearchOptions().beta}, lm=str(lm or ""))
+        beam, _ = beam_options(base, checkpoint, options["alpha"], options["beta"])
+    per_file = config.format in ("srt", "vtt") and len(files) > 1
+    if per_file and output is None:
+        raise ValueError(f"{len(files)} files as {config.format}: give --output FOLDER (one file each)")
+    failed, collected = 0, []
+    for transcript in run(checkpoint, files, chunks, beam):
         if transcript.error:
             failed += 1
             typer.echo(f"error: {transcript.error}", err=True)
-        typer.echo(transcript.text or "")
+            if config.format != "text":
+                continue
+        text = render(transcript, config)
+        if per_file:
+            with atomic_write(output / f"{Path(transcript.path).stem}.{config.format}") as handle:
+                handle.write(text)
+        elif output is None:
+            typer.echo(text, nl=False)
+        else:
+            collected.append(text)
+    if output is not None and not per_file:
+        with atomic_write(output) as handle:
+            handle.write("".join(collected))
     if failed:
         typer.echo(f"error: {failed} of {len(files)} files could not be transcribed", err=True)
         raise typer.Exit(1)

@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 
 from ds2.data import read_manifest
-from ds2.decode import beam_options, decode_cache, load_log_probs
+from ds2.decode import BeamSearchOptions, beam_options, decode_cache, load_log_probs
 from ds2.metrics import score_pairs
 from ds2.text import Alphabet
 
@@ -39,7 +39,7 @@ def main() -> None:
     indices = sorted(cache["log_probs"])[: args.limit or None]
     cache = {**cache, "log_probs": {i: cache["log_probs"][i] for i in indices}}
     audio_seconds = sum(records[i]["duration"] for i in indices)
-    base, _ = beam_options(args.lm, args.logprobs, args.alpha, args.beta, jobs=1)
+    base, _ = beam_options(BeamSearchOptions(lm=args.lm, jobs=1), args.logprobs, args.alpha, args.beta)
     alpha, beta = base.alpha, base.beta
 
     def measure(options):

@@ -190,11 +190,8 @@ def show_pairs(pairs: tuple[tuple[int, int], ...]) -> str:
 
 
 def parse_strs(text: str) -> tuple[str, ...]:
-    """'en-us,+m3' -> ('en-us', '+m3')."""
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not values:
-        raise ValueError(f"expected names separated by commas; got {text!r}")
-    return values
+    """'en-us,+m3' -> ('en-us', '+m3'); '' -> ()."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def show_strs(values: tuple[str, ...]) -> str:

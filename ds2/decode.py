@@ -4,7 +4,8 @@ Greedy (best path) decoding takes the most likely symbol at every output step, m
 repeats and drops blanks: DS2's no-language-model baseline. LM beam search (pyctcdecode
 over a KenLM model) maximizes log p_ctc + alpha log p_lm + beta words, with DS2's
 per-frame pruning. The acoustic model runs once per manifest; its log-probs can be cached
-and decoded again (``ds2 tune`` searches alpha and beta on them).
+and decoded again (``ds2 tune`` searches alpha and beta on them). Files of any length, with
+word times and confidences: ds2.transcribe.
 
 The decoding defaults live here, once: :class:`DecodingOptions`, :class:`BeamSearchOptions`,
 and ``decoding.json`` beside a model (written by ``ds2 tune``), which
@@ -17,18 +18,16 @@ import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ds2 import audio
 from ds2.checkpoint import load_model
-from ds2.config import DEVICE_HELP, DEVICE_PATTERN, check, option
+from ds2.config import DEVICE_HELP, DEVICE_PATTERN, check, option, parse_strs, show_strs
 from ds2.data import SpeechDataset, make_batches, make_loader, read_manifest, write_manifest
-from ds2.features import spectrogram
 from ds2.io import atomic_write, load_torch_file, process_map, select_device
 from ds2.text import BLANK, Alphabet
 
@@ -78,7 +77,8 @@ class BeamSearchOptions:
     scores to natural log before weighting); beta is added once per word.
     """
 
-    lm: str = option("", "KenLM model (lm.bin or .arpa from `ds2 lm build`).", cli=False)
+    lm: str = option("", "KenLM model (lm.bin or .arpa from `ds2 lm build`); empty: beam search without an LM.",
+                     cli=False)
     unigrams: str | None = option(None, "unigrams.txt of the LM (default: found beside it).", cli=False)
     alpha: float = option(0.5, "LM weight, on the LM's NATURAL-log probability "
                           "(default: decoding.json beside the checkpoint from `ds2 tune`, else 0.5).")
@@ -88,6 +88,10 @@ class BeamSearchOptions:
                             "reaches p (1: off).", above=0, max=1)
     prune_top: int = option(40, "DS2 pruning: at most this many characters per frame.", min=1)
     jobs: int = option(0, "Beam search processes (0: one per core).", min=0)
+    hotwords: tuple[str, ...] = option((), "Words to favour (names, jargon), separated by commas: each gets "
+                                       "--hotword-weight when the search spells it.", parse=parse_strs,
+                                       show=show_strs)
+    hotword_weight: float = option(10.0, "Score bonus of a hotword (natural log).", min=0)
 
     def __post_init__(self):
         check(self)
@@ -109,19 +113,18 @@ def load_decoding_defaults(model_path: str | Path | None) -> dict:
     return values
 
 
-def beam_options(lm: str | Path, model_path: str | Path | None = None, alpha: float | None = None,
-                 beta: float | None = None, **others) -> tuple[BeamSearchOptions, bool]:
-    """LM beam-search options: alpha and beta as given, else from decoding.json beside
-    ``model_path`` (a checkpoint or a log-prob cache), else the defaults of
-    BeamSearchOptions. Returns (options, tuned): whether decoding.json supplied a value."""
+def beam_options(base: BeamSearchOptions, model_path: str | Path | None = None, alpha: float | None = None,
+                 beta: float | None = None) -> tuple[BeamSearchOptions, bool]:
+    """``base`` with alpha and beta as given, else from decoding.json beside ``model_path``
+    (a checkpoint or a log-prob cache), else base's own. Returns (options, tuned): whether
+    decoding.json supplied a value."""
     tuned = load_decoding_defaults(model_path)
-    defaults = BeamSearchOptions()
     values = dict(
-        alpha=alpha if alpha is not None else tuned.get("alpha", defaults.alpha),
-        beta=beta if beta is not None else tuned.get("beta", defaults.beta),
+        alpha=alpha if alpha is not None else tuned.get("alpha", base.alpha),
+        beta=beta if beta is not None else tuned.get("beta", base.beta),
     )
     used_tuned = bool(tuned) and (alpha is None or beta is None)
-    return BeamSearchOptions(lm=str(lm), **values, **others), used_tuned
+    return replace(base, **values), used_tuned
 
 
 def ds2_prune(log_probs: np.ndarray, p: float = 0.99, top: int = 40) -> np.ndarray:
@@ -147,6 +150,10 @@ def build_beam_decoder(alphabet: Alphabet, options: BeamSearchOptions):
     from pyctcdecode import Alphabet as CtcAlphabet
     from pyctcdecode import BeamSearchDecoderCTC, LanguageModel
 
+    labels = [""] + list(alphabet.symbols)  # index 0 is the blank
+    if not options.lm:  # beam search without an LM (e.g. for hotwords)
+        return BeamSearchDecoderCTC(CtcAlphabet.build_alphabet(labels), None)
+
     from ds2.lm import load_lm
 
     kenlm_model = load_lm(options.lm)  # clear errors for a missing or corrupt file; loaded once per path
@@ -156,19 +163,20 @@ def build_beam_decoder(alphabet: Alphabet, options: BeamSearchOptions):
         outside = sorted({c for word in unigrams for c in word if c not in alphabet.symbols})
         if outside:
             raise ValueError(f"{unigrams_path}: the LM's words use characters outside the model's alphabet: {outside[:10]}")
-    labels = [""] + list(alphabet.symbols)  # index 0 is the blank
     language_model = LanguageModel(kenlm_model, unigrams, alpha=options.alpha, beta=options.beta)
     return BeamSearchDecoderCTC(CtcAlphabet.build_alphabet(labels), language_model)
 
 
-def _beam_decode_one(args: tuple[np.ndarray, int, float, int]) -> str:
-    log_probs, beam_width, prune_p, prune_top = args
+def _beam_decode_one(args: tuple[np.ndarray, BeamSearchOptions]) -> str:
+    log_probs, options = args
+    beam_width, prune_p, prune_top = options.beam_width, options.prune_p, options.prune_top
     if prune_p < 1 or prune_top < log_probs.shape[1]:
         log_probs = ds2_prune(log_probs, prune_p, prune_top)
         token_min_logp = PRUNED_LOGP / 2  # everything DS2 kept is a candidate
     else:
         token_min_logp = -math.inf  # no pruning at all
-    beams = _BEAM_DECODER.decode_beams(log_probs, beam_width=beam_width, token_min_logp=token_min_logp)
+    hotwords = {"hotwords": list(options.hotwords), "hotword_weight": options.hotword_weight} if options.hotwords else {}
+    beams = _BEAM_DECODER.decode_beams(log_probs, beam_width=beam_width, token_min_logp=token_min_logp, **hotwords)
     return beams[0][0]
 
 
@@ -176,8 +184,21 @@ def beam_decode(log_probs: list[np.ndarray], alphabet: Alphabet, options: BeamSe
     """LM beam search over per-utterance (T, V) natural-log probabilities, in a fork pool."""
     global _BEAM_DECODER
     _BEAM_DECODER = build_beam_decoder(alphabet, options)
-    tasks = [(lp, options.beam_width, options.prune_p, options.prune_top) for lp in log_probs]
+    tasks = [(lp, options) for lp in log_probs]
     return list(process_map(_beam_decode_one, tasks, options.jobs))
+
+
+def beam_decoder(alphabet: Alphabet, options: BeamSearchOptions):
+    """A function (T, V) log-probs -> text that searches with ``options`` in this process;
+    the decoder (and its LM) is built once, for many calls."""
+    decoder = build_beam_decoder(alphabet, options)
+
+    def decode_one(log_probs: np.ndarray) -> str:
+        global _BEAM_DECODER
+        _BEAM_DECODER = decoder
+        return _beam_decode_one((log_probs, options))
+
+    return decode_one
 
 
 @torch.no_grad()
@@ -269,30 +290,3 @@ def decode_manifest(
             record["error"] = cache["errors"][index]
         records.append(record)
     return write_manifest(out_path, records)
-
-
-@dataclass(frozen=True)
-class Transcript:
-    path: str
-    text: str | None  # None when the file could not be used
-    error: str | None = None
-
-
-@torch.no_grad()
-def transcribe(checkpoint: str | Path, paths: list[str | Path], device: str = "auto") -> Iterator[Transcript]:
-    """Greedy transcripts of audio files, in the order given, one at a time.
-
-    A file that cannot be read gives a Transcript with ``error`` (naming the file) and the
-    rest are transcribed; a bad checkpoint raises ValueError before any file is read.
-    """
-    target = select_device(device)
-    model, alphabet = load_model(checkpoint, target)
-    for path in paths:
-        try:
-            features = spectrogram(audio.load_audio(path))  # N_FREQ x T
-        except audio.AudioError as err:
-            yield Transcript(str(path), None, str(err))
-            continue
-        lengths = torch.tensor([features.shape[1]], device=target)
-        logits, output_lengths = model(features.unsqueeze(0).to(target), lengths)
-        yield Transcript(str(path), greedy_decode(logits, output_lengths, alphabet)[0])

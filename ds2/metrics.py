@@ -98,19 +98,16 @@ class ErrorCounts:
 ZERO = ErrorCounts(0, 0, 0, 0, 0)
 
 
-def align_counts(reference: Sequence[str], hypothesis: Sequence[str]) -> ErrorCounts:
-    """Align two token sequences as sclite does and count the edits.
+def _moves(reference: Sequence[str], hypothesis: Sequence[str]) -> np.ndarray:
+    """sclite's back-trace move of every DP cell, shape = (n_ref + 1, n_hyp + 1), int8.
 
     Rows of the DP table are filled with numpy: a row's insertion chain
     ``row[b] = min(from_above[b], row[b - 1] + INSERTION_COST)`` equals
     ``INSERTION_COST * b`` plus a running minimum of ``from_above[k] - INSERTION_COST * k``,
     so a row costs a few array operations whatever its length (about 2 ms for 200 x 200
-    characters; memory is a few bytes per cell). The back-trace walks from the end, as
-    sclite's does.
+    characters; memory is a few bytes per cell).
     """
     n_ref, n_hyp = len(reference), len(hypothesis)
-    if n_ref == 0 or n_hyp == 0:
-        return ErrorCounts(n_ref, 0, 0, n_ref, n_hyp)
     token_ids: dict[str, int] = {}
     ref_ids = np.array([token_ids.setdefault(token, len(token_ids)) for token in reference])
     hyp_ids = np.array([token_ids.setdefault(token, len(token_ids)) for token in hypothesis])
@@ -142,25 +139,77 @@ def align_counts(reference: Sequence[str], hypothesis: Sequence[str]) -> ErrorCo
         _DIAGONAL,
         np.where(deletion < insertion, _DELETION, _INSERTION),
     )
+    return moves
+
+
+def align_counts(reference: Sequence[str], hypothesis: Sequence[str]) -> ErrorCounts:
+    """Align two token sequences as sclite does and count the edits (the back-trace walks
+    from the end, as sclite's does)."""
+    n_ref, n_hyp = len(reference), len(hypothesis)
+    if n_ref == 0 or n_hyp == 0:
+        return ErrorCounts(n_ref, 0, 0, n_ref, n_hyp)
+    moves = _moves(reference, hypothesis)
     moves_flat = moves.tobytes()  # indexing bytes gives Python ints, fast in the loop
 
     correct = substitutions = deletions = insertions = 0
+    for move, a, b in _backtrace(moves_flat, n_ref, n_hyp):
+        if move == _DIAGONAL:
+            if reference[a] == hypothesis[b]:
+                correct += 1
+            else:
+                substitutions += 1
+        elif move == _DELETION:
+            deletions += 1
+        else:
+            insertions += 1
+    return ErrorCounts(n_ref, correct, substitutions, deletions, insertions)
+
+
+def _backtrace(moves_flat: bytes, n_ref: int, n_hyp: int):
+    """(move, reference index, hypothesis index) from the end to the start of the path."""
     a, b = n_ref, n_hyp
     while a > 0 or b > 0:
         move = moves_flat[a * (n_hyp + 1) + b]
         if move == _DIAGONAL:
-            if reference[a - 1] == hypothesis[b - 1]:
-                correct += 1
-            else:
-                substitutions += 1
             a, b = a - 1, b - 1
         elif move == _DELETION:
-            deletions += 1
             a -= 1
         else:
-            insertions += 1
             b -= 1
-    return ErrorCounts(n_ref, correct, substitutions, deletions, insertions)
+        yield move, a, b
+
+
+def hypothesis_correct(reference: Sequence[str], hypothesis: Sequence[str]) -> list[bool]:
+    """For each hypothesis token: is it a correct match in sclite's alignment with the
+    reference (False for substitutions and insertions)? What word confidences are scored on."""
+    correct = [False] * len(hypothesis)
+    if not reference or not hypothesis:
+        return correct
+    n_ref, n_hyp = len(reference), len(hypothesis)
+    moves_flat = _moves(reference, hypothesis).tobytes()
+    for move, a, b in _backtrace(moves_flat, n_ref, n_hyp):
+        if move == _DIAGONAL and reference[a] == hypothesis[b]:
+            correct[b] = True
+    return correct
+
+
+def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
+    """Area under the ROC curve: the chance that a random positive scores above a random
+    negative (ties count half). nan without both kinds."""
+    scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average ranks over ties
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(scores)]])
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + end + 1) / 2
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def scoring_text(text: str) -> str:

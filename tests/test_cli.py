@@ -110,7 +110,7 @@ def test_transcribe_goes_on_past_a_bad_file_and_fails_at_the_end(tmp_path, resto
     assert result.exit_code == 1
     assert len(result.stdout.splitlines()) == 3  # one line per file, in order (the bad one empty)
     assert result.stdout.splitlines()[1] == ""
-    assert f"error: {broken}: cannot decode audio" in result.stderr
+    assert f"error: {broken}: cannot read audio header" in result.stderr
     assert "1 of 3 files could not be transcribed" in result.stderr
     alone = runner.invoke(app, ["transcribe", str(CHECKPOINT), str(other), "--device", "cpu"])
     assert alone.exit_code == 0 and alone.stdout.splitlines()[0] == result.stdout.splitlines()[2]

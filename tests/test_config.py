@@ -59,7 +59,7 @@ def test_cli_fields_and_from_cli():
 def test_parsers_round_trip():
     assert parse_pairs(show_pairs(((41, 11), (21, 11)))) == ((41, 11), (21, 11))
     assert parse_ints(show_ints((32, 32, 96))) == (32, 32, 96)
-    assert parse_strs(" en-us, +m3 ,") == ("en-us", "+m3")
+    assert parse_strs(" en-us, +m3 ,") == ("en-us", "+m3") and parse_strs("") == ()
     for bad in ("41x11,21", "41x", "x", ""):
         with pytest.raises(ValueError):
             parse_pairs(bad)

@@ -80,19 +80,19 @@ def test_lm_beam_search_fixes_what_greedy_gets_wrong(tmp_path):
 
 def test_beam_options_take_alpha_and_beta_as_given_else_tuned_else_the_defaults(tmp_path):
     model = tmp_path / "best.pt"
-    defaults = decode.BeamSearchOptions()
-    options, tuned = decode.beam_options("lm.bin", model)
+    defaults = decode.BeamSearchOptions(lm="lm.bin")
+    options, tuned = decode.beam_options(defaults, model)
     assert (options.alpha, options.beta, tuned) == (defaults.alpha, defaults.beta, False)
     (tmp_path / decode.DECODING_FILE).write_text('{"alpha": 0.75, "beta": -1.5}')
-    options, tuned = decode.beam_options("lm.bin", model, beam_width=7)
+    options, tuned = decode.beam_options(decode.BeamSearchOptions(lm="lm.bin", beam_width=7), model)
     assert (options.alpha, options.beta, options.beam_width, options.lm, tuned) == (0.75, -1.5, 7, "lm.bin", True)
-    options, tuned = decode.beam_options("lm.bin", model, alpha=2.0)
+    options, tuned = decode.beam_options(defaults, model, alpha=2.0)
     assert (options.alpha, options.beta, tuned) == (2.0, -1.5, True)
-    options, tuned = decode.beam_options("lm.bin", model, alpha=2.0, beta=0.0)
+    options, tuned = decode.beam_options(defaults, model, alpha=2.0, beta=0.0)
     assert (options.alpha, options.beta, tuned) == (2.0, 0.0, False)
     (tmp_path / decode.DECODING_FILE).write_text('{"alpha": "high", "beta": 1}')
     with pytest.raises(ValueError, match="alpha/beta must be finite numbers"):
-        decode.beam_options("lm.bin", model)
+        decode.beam_options(defaults, model)
     (tmp_path / decode.DECODING_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="not a JSON decoding file"):
-        decode.beam_options("lm.bin", model)
+        decode.beam_options(defaults, model)

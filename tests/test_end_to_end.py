@@ -19,7 +19,7 @@ runner = CliRunner()
 def invoke(*args):
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 @pytest.mark.slow
@@ -67,7 +67,8 @@ def test_synthesize_prepare_train_decode_score_transcribe(tmp_path):
     stereo_8k = tmp_path / "stereo_8k.wav"
     resampled = audio.resample(waveform, audio.SAMPLE_RATE, 8000)
     soundfile.write(stereo_8k, torch.stack([resampled, resampled], dim=1).numpy(), 8000)
-    out = invoke("transcribe", exp / "best.pt", references[0]["audio_filepath"], stereo_8k, "--device", "cpu")
+    out = invoke("transcribe", exp / "best.pt", references[0]["audio_filepath"], stereo_8k, "--device", "cpu",
+                 "--no-progress")
     lines = out.splitlines()
     assert len(lines) == 2
     by_path = {h["audio_filepath"]: h["pred_text"] for h in hypotheses}

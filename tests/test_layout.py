@@ -25,7 +25,7 @@ LAYERS = [
     {"model", "lm", "metrics", "ctc", "alignment"},
     {"checkpoint", "longform"},
     {"decode"},
-    {"tune", "train", "prepare", "synth", "align"},
+    {"tune", "train", "prepare", "synth", "align", "transcribe"},
     {"segment"},
 ]
 

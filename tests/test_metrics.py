@@ -291,3 +291,21 @@ def test_counts_equal_sclite(tmp_path, mode):
             if split(plain_dp(tokens(pair[0]), tokens(pair[1]), **variant)) != split(theirs)
         ]
         assert differs, f"no pair tells {variant} from sclite"
+
+
+def test_hypothesis_correct_marks_matches_in_sclites_alignment():
+    from ds2.metrics import hypothesis_correct
+
+    assert hypothesis_correct("the cat sat on the mat".split(), "the bat sat the mat mat".split()) == [
+        True, False, True, True, True, False]
+    assert hypothesis_correct([], ["a"]) == [False] and hypothesis_correct(["a"], []) == []
+
+
+def test_roc_auc():
+    from ds2.metrics import roc_auc
+
+    assert roc_auc([0.9, 0.8, 0.2, 0.1], [True, True, False, False]) == 1.0
+    assert roc_auc([0.1, 0.2, 0.8, 0.9], [True, True, False, False]) == 0.0
+    assert roc_auc([0.5, 0.5, 0.5, 0.5], [True, False, True, False]) == 0.5  # ties count half
+    assert roc_auc([0.9, 0.3, 0.6, 0.1], [True, True, False, False]) == 0.75
+    assert math.isnan(roc_auc([0.3, 0.4], [True, True]))

@@ -1,0 +1,159 @@
+"""`ds2 transcribe`: audio files of any length to text, with word times and confidences.
+
+The model runs over each file in chunks (:mod:`ds2.longform`; pieces of several files share
+a batch), the text comes from greedy decoding or, with an LM or hotwords, from beam search
+(:mod:`ds2.decode`; alpha/beta tuned beside the model are used by default), and the words
+get their times by aligning that text to the model's outputs (:mod:`ds2.alignment`). A
+word's confidence is the mean probability the model gives its characters over the frames
+the alignment puts them on.
+
+Output formats: ``text`` (a line per file), ``json`` (a line per file: text, duration and
+words with start, end, confidence), ``srt`` and ``vtt`` (captions: a new one at a pause or
+when one grows too long), ``ctm`` (NIST, a line per word).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ds2.alignment import AlignmentError, align
+from ds2.checkpoint import load_model
+from ds2.config import check, option
+from ds2.decode import BeamSearchOptions, beam_decoder, greedy_decode
+from ds2.longform import ChunkOptions, Recording, log_probs_of
+
+log = logging.getLogger("ds2.transcribe")
+
+FORMATS = ("text", "json", "srt", "vtt", "ctm")
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    format: str = option("text", "Output: text (a line per file), json (a line per file: words with start, end, "
+                         "confidence), srt or vtt (captions), ctm (a line per word).", choices=FORMATS)
+    caption_seconds: float = option(6.0, "srt/vtt: the longest caption.", above=0)
+    caption_chars: int = option(84, "srt/vtt: the most characters in a caption.", min=10)
+    caption_pause: float = option(0.6, "srt/vtt: a pause this long (seconds) starts a new caption.", min=0)
+
+    def __post_init__(self):
+        check(self)
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start: float | None  # seconds; None when the word could not be placed
+    end: float | None
+    confidence: float | None
+
+
+@dataclass
+class Transcript:
+    path: str
+    text: str | None  # None when the file could not be used
+    duration: float = 0.0
+    words: list[Word] = field(default_factory=list)
+    error: str | None = None
+
+
+@torch.no_grad()
+def transcribe(checkpoint: str | Path, paths: list[str | Path], chunks: ChunkOptions = ChunkOptions(),
+               beam: BeamSearchOptions | None = None) -> Iterator[Transcript]:
+    """Transcripts of audio files, in the order given, each as soon as it is done.
+
+    A file that cannot be read gives a Transcript with ``error`` (naming the file) and the
+    rest are transcribed; a bad checkpoint raises ValueError before any file is read.
+    """
+    model, alphabet = load_model(checkpoint)
+    decode_one = beam_decoder(alphabet, beam) if beam is not None else None
+    for result in log_probs_of(model, [Recording(str(path)) for path in paths], chunks):
+        path = result.recording.path
+        if result.error:
+            yield Transcript(path, None, error=result.error)
+            continue
+        log_probs = result.log_probs
+        if decode_one is None:
+            text = greedy_decode(log_probs[None], torch.tensor([len(log_probs)]), alphabet)[0]
+        else:
+            text = decode_one(log_probs.numpy())
+        text = " ".join(text.split())
+        yield Transcript(path, text, round(result.seconds, 3), timed_words(log_probs, text, alphabet,
+                                                                         result.frame_seconds))
+
+
+def timed_words(log_probs: torch.Tensor, text: str, alphabet, frame_seconds: float) -> list[Word]:
+    """The words of ``text`` placed on the frames by forced alignment, with confidences."""
+    if not text:
+        return []
+    try:
+        alignment = align(log_probs, text, alphabet)
+    except AlignmentError as err:  # a hypothesis always fits its own frames; this is a safeguard
+        log.warning("could not time the words of %r: %s", text[:60], err)
+        return [Word(word, None, None, None) for word in text.split()]
+    return [Word(w.text, round(w.start * frame_seconds, 3), round(w.end * frame_seconds, 3), round(w.score, 4))
+            if w.aligned else Word(w.text, None, None, None) for w in alignment.words]
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def as_json(transcript: Transcript) -> str:
+    return json.dumps({"audio_filepath": transcript.path, "duration": transcript.duration, "text": transcript.text,
+                       "words": [{"word": w.text, "start": w.start, "end": w.end, "confidence": w.confidence}
+                                 for w in transcript.words]}, ensure_ascii=False)
+
+
+def as_ctm(transcript: Transcript) -> str:
+    name = Path(transcript.path).stem
+    return "".join(f"{name} 1 {w.start:.3f} {w.end - w.start:.3f} {w.text} {w.confidence:.4f}\n"
+                   for w in transcript.words if w.start is not None)
+
+
+def captions(words: list[Word], options: TranscribeOptions) -> list[tuple[float, float, str]]:
+    """Words grouped into captions (start, end, text): a new caption after a long pause, or
+    when the current one would grow past the longest caption in seconds or characters."""
+    cues: list[list[Word]] = []
+    for word in (w for w in words if w.start is not None):
+        if cues:
+            current = cues[-1]
+            text_length = sum(len(w.text) + 1 for w in current) + len(word.text)
+            if (word.start - current[-1].end < options.caption_pause and word.end - current[0].start
+                    <= options.caption_seconds and text_length <= options.caption_chars):
+                current.append(word)
+                continue
+        cues.append([word])
+    return [(cue[0].start, cue[-1].end, " ".join(w.text for w in cue)) for cue in cues]
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    milliseconds = int(round(seconds * 1000))
+    hours, rest = divmod(milliseconds, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}{separator}{rest % 1000:03d}"
+
+
+def as_srt(transcript: Transcript, options: TranscribeOptions) -> str:
+    return "".join(f"{k}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n\n"
+                   for k, (start, end, text) in enumerate(captions(transcript.words, options), start=1))
+
+
+def as_vtt(transcript: Transcript, options: TranscribeOptions) -> str:
+    return "WEBVTT\n\n" + "".join(f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n\n"
+                                  for start, end, text in captions(transcript.words, options))
+
+
+def render(transcript: Transcript, options: TranscribeOptions) -> str:
+    """The transcript in ``options.format`` (text and json end with a newline)."""
+    if options.format == "text":
+        return (transcript.text or "") + "\n"
+    if options.format == "json":
+        return as_json(transcript) + "\n"
+    if options.format == "ctm":
+        return as_ctm(transcript)
+    return as_srt(transcript, options) if options.format == "srt" else as_vtt(transcript, options)
