@@ -247,7 +247,9 @@ def train(
     model = from_cli(ModelConfig, options)
     config = from_cli(TrainConfig, options, train_manifest=str(train_manifest), dev_manifest=str(dev_manifest),
                       out_dir=str(out_dir), model=model)
-    chosen_alphabet = None if config.resume else _alphabet(alphabet, alphabet_from)
+    if config.init and (alphabet or alphabet_from):
+        raise ValueError("--init takes the checkpoint's alphabet: drop --alphabet/--alphabet-from")
+    chosen_alphabet = None if config.resume or config.init else _alphabet(alphabet, alphabet_from)
     _setup_logging(out_dir / "train.log")
     run(config, chosen_alphabet)
 

@@ -87,6 +87,8 @@ class TrainConfig:
                                  "utterances cannot be used (missing or unreadable audio, labels "
                                  "longer than the output, non-finite loss).", min=0, max=1)
     resume: bool = option(False, "Continue OUT_DIR/last.pt exactly where it stopped.")
+    init: str | None = option(None, "Start from the weights of this checkpoint (fine-tuning); its model "
+                              "configuration and alphabet replace the model options.")
     progress: bool = option(True, "Show a progress bar.")
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -266,6 +268,12 @@ def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
             raise ValueError(f"{last_path}: holds no training state to resume from")
         model_config = ModelConfig.from_dict(payload["model_config"])
         alphabet = Alphabet(model_config.alphabet)
+    elif config.init:
+        initial = load_checkpoint(config.init)
+        model_config = ModelConfig.from_dict(initial["model_config"])
+        alphabet = Alphabet(model_config.alphabet)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
     else:
         alphabet = alphabet or Alphabet()
         model_config = config.model
@@ -285,6 +293,9 @@ def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
     _check_audio_exists(train_set, config.max_unusable)
 
     model = DeepSpeech2(model_config).to(device)
+    if config.init and resumed is None:
+        model.load_state_dict(initial["model"])
+        log.info("initialized from %s", config.init)
     optimizer = build_optimizer(model, config)
     state = TrainState()
     if resumed is not None:

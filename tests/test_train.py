@@ -272,3 +272,17 @@ def test_killed_with_sigkill_at_any_moment_training_resumes_to_the_same_end(corp
     epochs = [row["epoch"] for row in csv.DictReader(open(run / "epochs.csv"))]
     assert epochs == ["1", "2", "3", "4"]
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_init_starts_from_a_checkpoints_weights_and_alphabet(corpus, tmp_path):
+    alphabet = Alphabet.from_texts(record["text"] for record in read_manifest(corpus["train"]))
+    train(_config(corpus, tmp_path / "first", epochs=1), alphabet)
+    first = load_checkpoint(tmp_path / "first" / "last.pt")
+    # a learning rate too small to move anything: the run ends where --init started it
+    train(_config(corpus, tmp_path / "tuned", epochs=1, lr=1e-30, init=str(tmp_path / "first" / "last.pt"),
+                  model=ModelConfig(conv_layers=1, rnn_hidden=8, rnn_layers=1, fc_hidden=8)))
+    tuned = load_checkpoint(tmp_path / "tuned" / "last.pt")
+    assert tuned["model_config"] == first["model_config"]  # the checkpoint's model, not the options'
+    for key, value in first["model"].items():
+        if "running" not in key and "num_batches" not in key:  # BatchNorm statistics keep moving
+            torch.testing.assert_close(tuned["model"][key], value, rtol=0, atol=1e-6)
