@@ -311,21 +311,23 @@ class FilterOptions:
                                   "edits of its truth.", min=0)
     threshold: float = option(0.5, "Keep a segment when the classifier's P(good) reaches this.", min=0, max=1)
     folds: int = option(5, "Cross-validation folds for the precision/recall report.", min=2)
+    truth_field: str = option("truth", "The field with a segment's trusted transcript: it labels segments to "
+                              "train on (without --classifier) and scores the transcripts kept and rejected.")
 
     def __post_init__(self):
         check(self)
 
 
-def _labels(segments: list[dict], max_word_errors: int) -> np.ndarray:
-    return np.array([word_errors(scoring_text(s["truth"]), scoring_text(s["text"])).errors <= max_word_errors
+def _labels(segments: list[dict], max_word_errors: int, field: str) -> np.ndarray:
+    return np.array([word_errors(scoring_text(s[field]), scoring_text(s["text"])).errors <= max_word_errors
                      for s in segments], dtype=float)
 
 
-def _transcript_wer(segments: list[dict]) -> float | None:
+def _transcript_wer(segments: list[dict], field: str) -> float | None:
     """WER (%) of the segments' transcripts against their truth (None without labelled segments)."""
     from ds2.metrics import score_pairs
 
-    pairs = [(s["truth"], s["text"]) for s in segments if "truth" in s]
+    pairs = [(s[field], s["text"]) for s in segments if isinstance(s.get(field), str)]
     return round(score_pairs(pairs).wer, 2) if pairs else None
 
 
@@ -342,15 +344,16 @@ def filter_segments(segments_path: str | Path, out_dir: str | Path, options: Fil
     if not segments:
         raise ValueError(f"{segments_path}: no segments")
     features = LinearFilter.matrix(segments)
-    labelled = [i for i, s in enumerate(segments) if isinstance(s.get("truth"), str)]
+    field = options.truth_field
+    labelled = [i for i, s in enumerate(segments) if isinstance(s.get(field), str)]
     report: dict = {"segments": len(segments), "labelled": len(labelled)}
     if classifier is not None:
         model = LinearFilter.load(classifier)
     else:
         if len(labelled) < 2 * options.folds:
-            raise ValueError(f"{segments_path}: {len(labelled)} segments carry a truth; at least {2 * options.folds} "
-                             "are needed to train the filter (or give --classifier)")
-        good = _labels([segments[i] for i in labelled], options.max_word_errors)
+            raise ValueError(f"{segments_path}: {len(labelled)} segments carry a {field!r}; at least "
+                             f"{2 * options.folds} are needed to train the filter (or give --classifier)")
+        good = _labels([segments[i] for i in labelled], options.max_word_errors, field)
         report.update(_cross_validate(features[labelled], good, options))
         model = LinearFilter.fit(features[labelled], good, threshold=options.threshold)
     probability = model.probability(features)
@@ -363,7 +366,8 @@ def filter_segments(segments_path: str | Path, out_dir: str | Path, options: Fil
     report.update({
         "kept": len(kept), "kept_fraction": round(len(kept) / len(segments), 4),
         "kept_hours": round(sum(s["duration"] for s in kept) / 3600, 3),
-        "wer_all": _transcript_wer(segments), "wer_kept": _transcript_wer(kept), "wer_rejected": _transcript_wer(rejected),
+        "wer_all": _transcript_wer(segments, field), "wer_kept": _transcript_wer(kept, field),
+        "wer_rejected": _transcript_wer(rejected, field),
     })
     with atomic_write(out_dir / "filter_report.json") as handle:
         json.dump(report, handle, indent=2)
