@@ -121,3 +121,11 @@ def test_filter_needs_labels_of_both_kinds(tmp_path):
     (tmp_path / "bad_classifier.json").write_text(json.dumps({"features": ["x"]}))
     with pytest.raises(ValueError, match="made for features"):
         LinearFilter.load(tmp_path / "bad_classifier.json")
+
+
+def test_without_any_pause_a_long_recording_is_still_cut_under_the_maximum():
+    words = _words([(10, 0)] * 100)  # 100 words back to back: no blank run at all
+    runs, threshold = cut_points(words, 0.01, SegmentOptions(target_seconds=2.0, max_seconds=3.0, min_seconds=0),
+                                 n_frames=1000)
+    assert [b - a for a, b in runs] and all((words[b - 1].end - words[a].start) <= 300 for a, b in runs)
+    assert runs[0][0] == 0 and runs[-1][1] == 100 and all(x[1] == y[0] for x, y in zip(runs, runs[1:]))
