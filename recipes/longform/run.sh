@@ -13,7 +13,8 @@
 #   4  ds2 segment: forced alignment, cuts at long pauses, DS2's filter features
 #   5  ds2 filter: trained on the first recordings' labelled segments, applied to the others
 #   6  fine-tune the tiny model on all segments and on the kept ones; tiny test WER of each
-#   7  transcribe the long recordings whole (LM) and decode the same speech as utterances
+#   7  transcribe the long recordings whole (LM) and decode the same speech as utterances;
+#      transcribe the tiny test set with word confidences
 #   8  the longest recording: one hour, aligned; peak memory
 set -euo pipefail
 
@@ -124,6 +125,8 @@ if run_stage 7; then
   log "Stage 7: transcribe the long recordings whole (LM), and the same speech as utterances"
   "$ds2" transcribe $model $data/wav/rec_*.wav --lm $lm --format json -o $exp/transcribe_long.json --no-progress
   "$ds2" decode $model $data/utterances.json -o $exp/decode_utterances.json --lm $lm --no-progress
+  "$ds2" transcribe $model $tiny/data/synth/wav/test/*.wav --lm $lm --format json -o $exp/transcribe_test.json \
+    --no-progress
   done_stage 7
 fi
 

@@ -20,6 +20,21 @@ def load(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
+def confidence_auc(transcripts: list[dict], truth: dict[str, str]) -> tuple[float, int]:
+    """ROC AUC of the word confidences: correct words (in sclite's alignment) against wrong ones."""
+    confidences, correct = [], []
+    for t in transcripts:
+        words = [w for w in t["words"] if w["confidence"] is not None]
+        correct += hypothesis_correct(scoring_text(truth[t["audio_filepath"]]).split(),
+                                      [scoring_text(w["word"]) for w in words])
+        confidences += [w["confidence"] for w in words]
+    return round(roc_auc(confidences, correct), 4), len(correct)
+
+
+def _json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 def long_form(data: Path, exp: Path) -> dict:
     """WER of the long recordings transcribed whole and of the same speech as utterances;
     AUC of the word confidences (correct against wrong words)."""
@@ -27,16 +42,18 @@ def long_form(data: Path, exp: Path) -> dict:
     result = {}
     whole = exp / "transcribe_long.json"
     if whole.exists():
-        transcripts = [json.loads(line) for line in whole.read_text(encoding="utf-8").splitlines()]
+        transcripts = _json_lines(whole)
         result["wer_whole"] = round(score_pairs((truth[t["audio_filepath"]], t["text"]) for t in transcripts).wer, 2)
-        confidences, correct = [], []
+        result["confidence_auc"], result["words_scored"] = confidence_auc(transcripts, truth)
+    test = exp / "transcribe_test.json"
+    if test.exists():
+        transcripts = _json_lines(test)
+        references = {str(Path(t["audio_filepath"]).resolve()): Path(t["audio_filepath"]).with_suffix(".txt")
+                      .read_text(encoding="utf-8").strip() for t in transcripts}
         for t in transcripts:
-            words = [w for w in t["words"] if w["confidence"] is not None]
-            hypothesis = [scoring_text(w["word"]) for w in words]
-            correct += hypothesis_correct(scoring_text(truth[t["audio_filepath"]]).split(), hypothesis)
-            confidences += [w["confidence"] for w in words]
-        result["confidence_auc"] = round(roc_auc(confidences, correct), 4)
-        result["words_scored"] = len(correct)
+            t["audio_filepath"] = str(Path(t["audio_filepath"]).resolve())
+        result["test_wer"] = round(score_pairs((references[t["audio_filepath"]], t["text"]) for t in transcripts).wer, 2)
+        result["test_confidence_auc"], result["test_words_scored"] = confidence_auc(transcripts, references)
     separate = exp / "decode_utterances.json"
     if separate.exists():
         result["wer_separate"] = round(score_pairs((r["text"], r["pred_text"]) for r in read_manifest(separate)).wer, 2)
@@ -87,7 +104,11 @@ def main() -> None:
     if "wer_whole" in lf:
         rows.append(("long recordings transcribed whole (LM) vs as utterances: WER",
                      f"{lf['wer_whole']}% vs {lf.get('wer_separate', '-')}%"))
-        rows.append(("word confidence, correct vs wrong words: ROC AUC", f"{lf['confidence_auc']} ({lf['words_scored']} words)"))
+        rows.append(("word confidence on the long recordings, correct vs wrong words: ROC AUC",
+                     f"{lf['confidence_auc']} ({lf['words_scored']} words)"))
+    if "test_wer" in lf:
+        rows.append(("tiny test set transcribed (LM): WER; word confidence ROC AUC",
+                     f"{lf['test_wer']}%; {lf['test_confidence_auc']} ({lf['test_words_scored']} words)"))
     if results["longest"]:
         m = results["longest"]
         rows.append(("longest recording aligned", f"{m['minutes']} min, {m['words']} words: peak memory "
