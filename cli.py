@@ -427,7 +427,7 @@ def transcribe(
     if per_file and output is None:
         raise ValueError(f"{len(files)} files as {config.format}: give --output FOLDER (one file each)")
     failed, collected = 0, []
-    for transcript in run(checkpoint, files, chunks, beam):
+    for transcript in run(checkpoint, files, chunks, beam, config):
         if transcript.error:
             failed += 1
             typer.echo(f"error: {transcript.error}", err=True)

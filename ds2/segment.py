@@ -95,7 +95,7 @@ def _window(units: list[Span], a: int, b: int, n_frames: int, edge: int) -> tupl
     first, last = units[a], units[b - 1]
     before = units[a - 1] if a > 0 and units[a - 1].aligned else None
     after = units[b] if b < len(units) and units[b].aligned else None
-    f0 = (before.end + first.start) // 2 if before else max(0, first.start - edge)
+    f0 = (before.end + first.start + 1) // 2 if before else max(0, first.start - edge)
     f1 = (last.end + after.start + 1) // 2 if after else min(n_frames, last.end + edge)
     return f0, f1
 

@@ -2,7 +2,8 @@
 
 The model runs over each file in chunks (:mod:`ds2.longform`; pieces of several files share
 a batch), the text comes from greedy decoding or, with an LM or hotwords, from beam search
-(:mod:`ds2.decode`; alpha/beta tuned beside the model are used by default), and the words
+(:mod:`ds2.decode`; alpha/beta tuned beside the model are used by default) over pieces of at
+most ``search_seconds`` cut at pauses, searched in parallel processes, and the words
 get their times by aligning that text to the model's outputs (:mod:`ds2.alignment`). A
 word's confidence is the mean probability the model gives its characters over the frames
 the alignment puts them on.
@@ -25,7 +26,7 @@ import torch
 from ds2.alignment import AlignmentError, align
 from ds2.checkpoint import load_model
 from ds2.config import check, option
-from ds2.decode import BeamSearchOptions, beam_decoder, greedy_decode
+from ds2.decode import BeamSearchOptions, beam_decode, greedy_decode, split_at_pauses
 from ds2.longform import ChunkOptions, Recording, log_probs_of
 
 log = logging.getLogger("ds2.transcribe")
@@ -40,6 +41,8 @@ class TranscribeOptions:
     caption_seconds: float = option(6.0, "srt/vtt: the longest caption.", above=0)
     caption_chars: int = option(84, "srt/vtt: the most characters in a caption.", min=10)
     caption_pause: float = option(0.6, "srt/vtt: a pause this long (seconds) starts a new caption.", min=0)
+    search_seconds: float = option(15.0, "Beam search runs over pieces of at most this many seconds, cut at "
+                                   "pauses (its cost grows with the square of a piece's length).", above=1)
 
     def __post_init__(self):
         check(self)
@@ -64,24 +67,26 @@ class Transcript:
 
 @torch.no_grad()
 def transcribe(checkpoint: str | Path, paths: list[str | Path], chunks: ChunkOptions = ChunkOptions(),
-               beam: BeamSearchOptions | None = None) -> Iterator[Transcript]:
+               beam: BeamSearchOptions | None = None, options: TranscribeOptions = TranscribeOptions()
+               ) -> Iterator[Transcript]:
     """Transcripts of audio files, in the order given, each as soon as it is done.
 
     A file that cannot be read gives a Transcript with ``error`` (naming the file) and the
     rest are transcribed; a bad checkpoint raises ValueError before any file is read.
     """
     model, alphabet = load_model(checkpoint)
-    decode_one = beam_decoder(alphabet, beam) if beam is not None else None
     for result in log_probs_of(model, [Recording(str(path)) for path in paths], chunks):
         path = result.recording.path
         if result.error:
             yield Transcript(path, None, error=result.error)
             continue
         log_probs = result.log_probs
-        if decode_one is None:
+        if beam is None:
             text = greedy_decode(log_probs[None], torch.tensor([len(log_probs)]), alphabet)[0]
         else:
-            text = decode_one(log_probs.numpy())
+            values = log_probs.numpy()
+            pieces = split_at_pauses(values, int(options.search_seconds / result.frame_seconds))
+            text = " ".join(beam_decode([values[a:b] for a, b in pieces], alphabet, beam))
         text = " ".join(text.split())
         yield Transcript(path, text, round(result.seconds, 3), timed_words(log_probs, text, alphabet,
                                                                          result.frame_seconds))

@@ -96,3 +96,14 @@ def test_beam_options_take_alpha_and_beta_as_given_else_tuned_else_the_defaults(
     (tmp_path / decode.DECODING_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="not a JSON decoding file"):
         decode.beam_options(defaults, model)
+
+
+def test_split_at_pauses_cuts_long_log_probs_in_their_longest_blank_runs():
+    frames = np.full((100, 5), -5.0)
+    frames[:, 1] = 0.0  # speech everywhere ...
+    frames[30:34, 0] = frames[60:70, 0] = frames[75:77, 0] = 1.0  # ... but three pauses
+    assert decode.split_at_pauses(frames, 100) == [(0, 100)]
+    assert decode.split_at_pauses(frames, 80) == [(0, 65), (65, 100)]  # the longest pause in [40, 80)
+    pieces = decode.split_at_pauses(frames, 20)
+    assert pieces[0] == (0, 20) and all(b - a <= 20 for a, b in pieces) and pieces[-1][1] == 100
+    assert all(x[1] == y[0] for x, y in zip(pieces, pieces[1:]))

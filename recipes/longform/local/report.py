@@ -32,7 +32,11 @@ def confidence_auc(transcripts: list[dict], truth: dict[str, str]) -> tuple[floa
 
 
 def _json_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    """Transcripts as `ds2 transcribe --format json` writes them, their paths made absolute."""
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    for line in lines:
+        line["audio_filepath"] = str(Path(line["audio_filepath"]).resolve())
+    return lines
 
 
 def long_form(data: Path, exp: Path) -> dict:
@@ -48,10 +52,8 @@ def long_form(data: Path, exp: Path) -> dict:
     test = exp / "transcribe_test.json"
     if test.exists():
         transcripts = _json_lines(test)
-        references = {str(Path(t["audio_filepath"]).resolve()): Path(t["audio_filepath"]).with_suffix(".txt")
-                      .read_text(encoding="utf-8").strip() for t in transcripts}
-        for t in transcripts:
-            t["audio_filepath"] = str(Path(t["audio_filepath"]).resolve())
+        references = {t["audio_filepath"]: Path(t["audio_filepath"]).with_suffix(".txt").read_text(encoding="utf-8")
+                      .strip() for t in transcripts}
         result["test_wer"] = round(score_pairs((references[t["audio_filepath"]], t["text"]) for t in transcripts).wer, 2)
         result["test_confidence_auc"], result["test_words_scored"] = confidence_auc(transcripts, references)
     separate = exp / "decode_utterances.json"
