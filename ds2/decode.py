@@ -188,29 +188,34 @@ def beam_decode(log_probs: list[np.ndarray], alphabet: Alphabet, options: BeamSe
     return list(process_map(_beam_decode_one, tasks, options.jobs))
 
 
-def split_at_pauses(log_probs: np.ndarray, max_frames: int) -> list[tuple[int, int]]:
-    """Frames [a, b) of pieces of at most ``max_frames``, cut in the middle of the longest run of
-    blank-dominated frames in the second half of each piece (a pause); where there is none,
-    at the limit.
+def split_at_pauses(log_probs: np.ndarray, max_frames: int, pause_frames: int | None = None) -> list[tuple[int, int]]:
+    """Frames [a, b) of the pieces of a long recording, decoded one by one.
+
+    Cut in the middle of every run of at least ``pause_frames`` blank-dominated frames (a
+    pause: a word ends there, even where the model, trained on single utterances, emits no
+    space), then within any piece still longer than ``max_frames`` in the middle of its
+    longest blank run in the second half of the window (at the limit where there is none).
 
     pyctcdecode's beam search compares whole hypothesis texts at every frame, so its cost
-    grows with the square of the length: an hour searched in one piece takes hours, in
-    30-second pieces minutes. A pause is where an utterance ends, so little LM context is lost.
+    grows faster than the length; short pieces also let the search run in parallel.
     """
     n_frames = len(log_probs)
-    if n_frames <= max_frames:
-        return [(0, n_frames)]
     blank = np.asarray(log_probs).argmax(axis=1) == BLANK
     edges = np.flatnonzero(np.diff(np.concatenate([[0], blank.astype(np.int8), [0]])))
-    runs = list(zip(edges[::2], edges[1::2]))  # [start, end) of every run of blank frames
-    pieces, start = [], 0
-    while n_frames - start > max_frames:
-        low, high = start + max_frames // 2, start + max_frames
-        inside = [(end - begin, (begin + end) // 2) for begin, end in runs if low <= (begin + end) // 2 < high]
-        cut = max(inside)[1] if inside else high
-        pieces.append((start, cut))
-        start = cut
-    pieces.append((start, n_frames))
+    runs = list(zip(edges[::2].tolist(), edges[1::2].tolist()))  # [start, end) of every run of blanks
+    cuts = [0]
+    if pause_frames:
+        cuts += [(begin + end) // 2 for begin, end in runs if end - begin >= pause_frames and 0 < begin and end < n_frames]
+    cuts.append(n_frames)
+    pieces = []
+    for start, stop in zip(cuts, cuts[1:]):
+        while stop - start > max_frames:
+            low, high = start + max_frames // 2, start + max_frames
+            inside = [(end - begin, (begin + end) // 2) for begin, end in runs if low <= (begin + end) // 2 < high]
+            cut = max(inside)[1] if inside else high
+            pieces.append((start, cut))
+            start = cut
+        pieces.append((start, stop))
     return pieces
 
 

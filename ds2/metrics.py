@@ -53,6 +53,8 @@ SUBSTITUTION_COST = 4
 INSERTION_COST = 3
 DELETION_COST = 3
 
+MAX_CELLS = 200_000_000  # the largest reference x hypothesis table aligned (about 4 GiB of numpy arrays)
+
 # Back-trace moves, one int8 per DP cell.
 _DIAGONAL, _DELETION, _INSERTION = 0, 1, 2
 
@@ -108,6 +110,9 @@ def _moves(reference: Sequence[str], hypothesis: Sequence[str]) -> np.ndarray:
     characters; memory is a few bytes per cell).
     """
     n_ref, n_hyp = len(reference), len(hypothesis)
+    if n_ref * n_hyp > MAX_CELLS:
+        raise ValueError(f"{n_ref} x {n_hyp} tokens are too many to align as one pair (the table would take "
+                         f"{n_ref * n_hyp * 22 / 2**30:.0f} GiB): score the recording in segments")
     token_ids: dict[str, int] = {}
     ref_ids = np.array([token_ids.setdefault(token, len(token_ids)) for token in reference])
     hyp_ids = np.array([token_ids.setdefault(token, len(token_ids)) for token in hypothesis])

@@ -1,9 +1,10 @@
 """`ds2 transcribe`: audio files of any length to text, with word times and confidences.
 
 The model runs over each file in chunks (:mod:`ds2.longform`; pieces of several files share
-a batch), the text comes from greedy decoding or, with an LM or hotwords, from beam search
-(:mod:`ds2.decode`; alpha/beta tuned beside the model are used by default) over pieces of at
-most ``search_seconds`` cut at pauses, searched in parallel processes, and the words
+a batch). It is decoded in pieces cut at pauses (a pause ends a word: a model trained on
+single utterances emits no space between two sentences) and kept under ``search_seconds``,
+by greedy decoding or, with an LM or hotwords, beam search in parallel processes
+(:mod:`ds2.decode`; alpha/beta tuned beside the model are used by default), and the words
 get their times by aligning that text to the model's outputs (:mod:`ds2.alignment`). A
 word's confidence is the mean probability the model gives its characters over the frames
 the alignment puts them on.
@@ -41,8 +42,10 @@ class TranscribeOptions:
     caption_seconds: float = option(6.0, "srt/vtt: the longest caption.", above=0)
     caption_chars: int = option(84, "srt/vtt: the most characters in a caption.", min=10)
     caption_pause: float = option(0.6, "srt/vtt: a pause this long (seconds) starts a new caption.", min=0)
-    search_seconds: float = option(15.0, "Beam search runs over pieces of at most this many seconds, cut at "
-                                   "pauses (its cost grows with the square of a piece's length).", above=1)
+    search_seconds: float = option(15.0, "Decode pieces of at most this many seconds, cut at pauses (beam "
+                                   "search costs more than linearly in a piece's length).", above=1)
+    pause_seconds: float = option(0.4, "A pause (blank frames) at least this long ends a word: the pieces are "
+                                  "decoded apart (0: cut only to keep pieces short).", min=0)
 
     def __post_init__(self):
         check(self)
@@ -81,12 +84,14 @@ def transcribe(checkpoint: str | Path, paths: list[str | Path], chunks: ChunkOpt
             yield Transcript(path, None, error=result.error)
             continue
         log_probs = result.log_probs
+        values = log_probs.numpy()
+        pieces = split_at_pauses(values, int(options.search_seconds / result.frame_seconds),
+                                 int(round(options.pause_seconds / result.frame_seconds)))
         if beam is None:
-            text = greedy_decode(log_probs[None], torch.tensor([len(log_probs)]), alphabet)[0]
+            texts = [greedy_decode(log_probs[None, a:b], torch.tensor([b - a]), alphabet)[0] for a, b in pieces]
         else:
-            values = log_probs.numpy()
-            pieces = split_at_pauses(values, int(options.search_seconds / result.frame_seconds))
-            text = " ".join(beam_decode([values[a:b] for a, b in pieces], alphabet, beam))
+            texts = beam_decode([values[a:b] for a, b in pieces], alphabet, beam)
+        text = " ".join(" ".join(texts).split())
         text = " ".join(text.split())
         yield Transcript(path, text, round(result.seconds, 3), timed_words(log_probs, text, alphabet,
                                                                          result.frame_seconds))

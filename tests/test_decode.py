@@ -103,6 +103,7 @@ def test_split_at_pauses_cuts_long_log_probs_in_their_longest_blank_runs():
     frames[:, 1] = 0.0  # speech everywhere ...
     frames[30:34, 0] = frames[60:70, 0] = frames[75:77, 0] = 1.0  # ... but three pauses
     assert decode.split_at_pauses(frames, 100) == [(0, 100)]
+    assert decode.split_at_pauses(frames, 100, pause_frames=4) == [(0, 32), (32, 65), (65, 100)]  # every pause
     assert decode.split_at_pauses(frames, 80) == [(0, 65), (65, 100)]  # the longest pause in [40, 80)
     pieces = decode.split_at_pauses(frames, 20)
     assert pieces[0] == (0, 20) and all(b - a <= 20 for a, b in pieces) and pieces[-1][1] == 100

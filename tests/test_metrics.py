@@ -310,3 +310,12 @@ def test_roc_auc():
     assert roc_auc([0.5, 0.5, 0.5, 0.5], [True, False, True, False]) == 0.5  # ties count half
     assert roc_auc([0.9, 0.3, 0.6, 0.1], [True, True, False, False]) == 0.75
     assert math.isnan(roc_auc([0.3, 0.4], [True, True]))
+
+
+def test_a_pair_too_long_to_align_is_a_clear_error(monkeypatch):
+    from ds2 import metrics
+
+    monkeypatch.setattr(metrics, "MAX_CELLS", 10_000)
+    with pytest.raises(ValueError, match="too many to align as one pair"):
+        char_errors("a" * 150, "b" * 150)
+    assert word_errors("a b c", "a b d").substitutions == 1  # short pairs as before
