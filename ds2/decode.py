@@ -67,6 +67,7 @@ def greedy_decode(logits: torch.Tensor, lengths: torch.Tensor, alphabet: Alphabe
 # ----------------------------------------------------------------------------- LM beam search
 
 PRUNED_LOGP = -1e4  # log-probability given to characters DS2's pruning removes from a frame
+ISLAND_FRAMES = 3  # split_at_pauses: this few non-blank frames alone between pauses belong to the next word
 
 
 @dataclass(frozen=True)
@@ -180,10 +181,13 @@ def _beam_decode_one(args: tuple[np.ndarray, BeamSearchOptions]) -> str:
     return beams[0][0]
 
 
-def beam_decode(log_probs: list[np.ndarray], alphabet: Alphabet, options: BeamSearchOptions) -> list[str]:
-    """LM beam search over per-utterance (T, V) natural-log probabilities, in a fork pool."""
+def beam_decode(log_probs: list[np.ndarray], alphabet: Alphabet, options: BeamSearchOptions, decoder=None) -> list[str]:
+    """LM beam search over per-utterance (T, V) natural-log probabilities, in a fork pool.
+
+    ``decoder``: one build_beam_decoder() made for these options, to reuse over many calls.
+    """
     global _BEAM_DECODER
-    _BEAM_DECODER = build_beam_decoder(alphabet, options)
+    _BEAM_DECODER = decoder if decoder is not None else build_beam_decoder(alphabet, options)
     tasks = [(lp, options) for lp in log_probs]
     return list(process_map(_beam_decode_one, tasks, options.jobs))
 
@@ -205,7 +209,17 @@ def split_at_pauses(log_probs: np.ndarray, max_frames: int, pause_frames: int | 
     runs = list(zip(edges[::2].tolist(), edges[1::2].tolist()))  # [start, end) of every run of blanks
     cuts = [0]
     if pause_frames:
-        cuts += [(begin + end) // 2 for begin, end in runs if end - begin >= pause_frames and 0 < begin and end < n_frames]
+        previous_end = 0  # end of the last pause (or of leading silence)
+        for begin, end in runs:
+            if end - begin < pause_frames:
+                continue
+            # A character or two alone between two pauses (or after the leading silence) is the
+            # start of the next word, emitted early: CTC often puts the "w" of "where" at the
+            # start of the silence before it. It goes with what follows: no cut after it.
+            island = np.count_nonzero(~blank[previous_end:begin]) <= ISLAND_FRAMES
+            if begin > 0 and end < n_frames and not island:
+                cuts.append((begin + end) // 2)
+            previous_end = end
     cuts.append(n_frames)
     pieces = []
     for start, stop in zip(cuts, cuts[1:]):

@@ -27,7 +27,7 @@ import torch
 from ds2.alignment import AlignmentError, align
 from ds2.checkpoint import load_model
 from ds2.config import check, option
-from ds2.decode import BeamSearchOptions, beam_decode, greedy_decode, split_at_pauses
+from ds2.decode import BeamSearchOptions, beam_decode, build_beam_decoder, greedy_decode, split_at_pauses
 from ds2.longform import ChunkOptions, Recording, log_probs_of
 
 log = logging.getLogger("ds2.transcribe")
@@ -78,6 +78,7 @@ def transcribe(checkpoint: str | Path, paths: list[str | Path], chunks: ChunkOpt
     rest are transcribed; a bad checkpoint raises ValueError before any file is read.
     """
     model, alphabet = load_model(checkpoint)
+    decoder = build_beam_decoder(alphabet, beam) if beam is not None else None  # the LM is loaded once
     for result in log_probs_of(model, [Recording(str(path)) for path in paths], chunks):
         path = result.recording.path
         if result.error:
@@ -90,7 +91,7 @@ def transcribe(checkpoint: str | Path, paths: list[str | Path], chunks: ChunkOpt
         if beam is None:
             texts = [greedy_decode(log_probs[None, a:b], torch.tensor([b - a]), alphabet)[0] for a, b in pieces]
         else:
-            texts = beam_decode([values[a:b] for a, b in pieces], alphabet, beam)
+            texts = beam_decode([values[a:b] for a, b in pieces], alphabet, beam, decoder)
         text = " ".join(" ".join(texts).split())
         text = " ".join(text.split())
         yield Transcript(path, text, round(result.seconds, 3), timed_words(log_probs, text, alphabet,

@@ -105,6 +105,13 @@ def test_split_at_pauses_cuts_long_log_probs_in_their_longest_blank_runs():
     assert decode.split_at_pauses(frames, 100) == [(0, 100)]
     assert decode.split_at_pauses(frames, 100, pause_frames=4) == [(0, 32), (32, 65), (65, 100)]  # every pause
     assert decode.split_at_pauses(frames, 80) == [(0, 65), (65, 100)]  # the longest pause in [40, 80)
+    island = frames.copy()
+    island[56:70, 0], island[62, 0] = 1.0, -9.0  # one frame of speech alone inside a long pause
+    assert decode.split_at_pauses(island, 100, pause_frames=6) == [(0, 59), (59, 100)]  # cut before it only
+    early = frames.copy()
+    early[:, 0] = -9.0
+    early[0:2, 1], early[2:20, 0] = 1.0, 1.0  # "w" at the very start, then silence before the word
+    assert decode.split_at_pauses(early, 100, pause_frames=6) == [(0, 100)]  # nothing to cut it from
     pieces = decode.split_at_pauses(frames, 20)
     assert pieces[0] == (0, 20) and all(b - a <= 20 for a, b in pieces) and pieces[-1][1] == 100
     assert all(x[1] == y[0] for x, y in zip(pieces, pieces[1:]))

@@ -85,3 +85,14 @@ def test_transcribe_formats_and_a_folder_of_captions(recordings, tmp_path):
     assert result.exit_code == 0 and sorted(p.name for p in (tmp_path / "captions").iterdir()) == \
         sorted(p.stem + ".vtt" for p in recordings)
     assert (tmp_path / "captions" / (recordings[0].stem + ".vtt")).read_text().startswith("WEBVTT\n\n00:00:")
+
+
+def test_a_long_file_of_room_noise_only_is_transcribed_without_error(tmp_path):
+    import soundfile
+
+    noise = (10 ** (-60 / 20) * np.random.default_rng(0).standard_normal(16000 * 40)).astype(np.float32)
+    soundfile.write(tmp_path / "room.wav", noise, 16000)
+    (result,) = transcribe(CHECKPOINT, [tmp_path / "room.wav"], ChunkOptions(chunk_seconds=10, progress=False,
+                                                                              device="cpu"))
+    assert result.error is None and result.duration == pytest.approx(40.0, abs=0.05)
+    assert [w.text for w in result.words] == result.text.split()  # whatever it hears, it is timed and complete
