@@ -4,7 +4,8 @@ Sentences come from the English grammar of :mod:`ds2.grammar`; each is spoken by
 eSpeak NG voice (:mod:`ds2.espeak`: an English accent plus a voice variant, e.g.
 ``"en-us+m3"``) at a random speaking rate (words per minute) and pitch (0-100), with
 silence before and after and a background noise floor (eSpeak alone is digitally silent
-between and around words, which no recording is). Every utterance's text, voice, rate,
+between and around words, which no recording is); a share of the utterances are two
+sentences with a pause between, as speech in long recordings is. Every utterance's text, voice, rate,
 pitch, silences and noise level are planned from :class:`SynthConfig` before any audio is
 made, and its noise is seeded by its place in the corpus, so the same config gives
 byte-identical files whatever the number of worker processes.
@@ -43,6 +44,7 @@ MAX_WORKERS = 8  # default cap on synthesis processes
 # transcribe a recording with either. Each utterance gets silence on both sides and a
 # noise floor 25-45 dB below the speech (eSpeak's speech is about -25 dBFS RMS).
 PAD_RANGE = (0.1, 0.6)
+JOIN_PAUSE_RANGE = (0.2, 1.2)
 NOISE_DB_RANGE = (-70.0, -50.0)
 
 
@@ -116,6 +118,10 @@ class SynthConfig:
                                                  "(RMS; one level drawn per utterance).", parse=parse_floats,
                                                  show=show_floats)
     noise: bool = option(True, "Add the background noise floor (recordings are never digitally silent).")
+    join_share: float = option(0.25, "Share of utterances that are two sentences with a pause between: a model "
+                               "must hear pauses inside utterances to transcribe long recordings.", min=0, max=1)
+    join_pause_range: tuple[float, float] = option(JOIN_PAUSE_RANGE, "Pause between the two sentences of a joined "
+                                                   "utterance, seconds.", parse=parse_floats, show=show_floats)
 
     def __post_init__(self):
         check(self)
@@ -127,6 +133,7 @@ class SynthConfig:
             if len(values) != 2 or not lowest <= values[0] <= values[1] <= highest:
                 raise ConfigError(f"{flag_name(name)} must be LOW,HIGH with {lowest} <= LOW <= HIGH <= {highest}")
         for name, values, (lowest, highest) in (("pad_range", self.pad_range, (0.0, 10.0)),
+                                                ("join_pause_range", self.join_pause_range, (0.0, 10.0)),
                                                 ("noise_db_range", self.noise_db_range, (-120.0, -10.0))):
             if len(values) != 2 or not lowest <= values[0] <= values[1] <= highest:
                 raise ConfigError(f"{flag_name(name)} must be LOW,HIGH with {lowest:g} <= LOW <= HIGH <= {highest:g}")
@@ -159,12 +166,24 @@ def _plan(config: SynthConfig) -> dict[str, list[dict]]:
     """
     sentence_rng = random.Random(f"{config.seed}:sentences")
     texts: dict[str, list[str]] = {}
+    seconds: dict[str, list[str]] = {}  # the second sentence of each joined utterance, in order
+    joined: dict[str, list[bool]] = {}
     taken: set[str] = set()
-    for split in ("dev", "test", "train"):
-        texts[split] = grammar.generate_sentences(
-            config.n_utterances(split), sentence_rng, config.min_words, config.max_words, taken
-        )
-        taken.update(texts[split])
+    # dev's and test's sentences (first, then the second ones of joined utterances) before
+    # training's, so that dev and test do not depend on n_train
+    for group in (("dev", "test"), ("train",)):
+        for split in group:
+            texts[split] = grammar.generate_sentences(
+                config.n_utterances(split), sentence_rng, config.min_words, config.max_words, taken
+            )
+            taken.update(texts[split])
+        for split in group:
+            join_rng = random.Random(f"{config.seed}:{split}:join")
+            joined[split] = [join_rng.random() < config.join_share for _ in texts[split]]
+            seconds[split] = grammar.generate_sentences(
+                sum(joined[split]), sentence_rng, config.min_words, config.max_words, taken
+            )
+            taken.update(seconds[split])
 
     plan = {}
     for split in SPLITS:
@@ -172,18 +191,21 @@ def _plan(config: SynthConfig) -> dict[str, list[dict]]:
         voices = config.resolved_voices(split)
         assigned = [voices[i % len(voices)] for i in range(len(texts[split]))]
         rng.shuffle(assigned)
-        plan[split] = [
-            {
+        second = iter(seconds[split])
+        plan[split] = []
+        for index, (text, voice, join) in enumerate(zip(texts[split], assigned, joined[split])):
+            utterance = {
                 "utt_id": f"{split}_{index:05d}",
-                "text": text,
+                "sentences": [text, next(second)] if join else [text],
                 "voice": voice,
                 "rate": rng.randint(*config.rate_range),
                 "pitch": rng.randint(*config.pitch_range),
                 "pad": (round(rng.uniform(*config.pad_range), 3), round(rng.uniform(*config.pad_range), 3)),
                 "noise_db": round(rng.uniform(*config.noise_db_range), 1) if config.noise else None,
+                "join_pause": round(rng.uniform(*config.join_pause_range), 3) if join else None,
             }
-            for index, (text, voice) in enumerate(zip(texts[split], assigned))
-        ]
+            utterance["text"] = " ".join(utterance["sentences"])
+            plan[split].append(utterance)
     return plan
 
 
@@ -195,15 +217,22 @@ def _render(utterance: dict) -> tuple[int, list[float] | None]:
     word events, silence before included; None for a word without an event).
     """
     text = utterance["text"]
-    speech = espeak.speak(grammar.spoken_form(text), utterance["voice"], utterance["rate"], utterance["pitch"])
     before, after = (int(round(seconds * audio.SAMPLE_RATE)) for seconds in utterance["pad"])
-    waveform = np.concatenate([np.zeros(before, np.float32), speech.waveform.numpy(), np.zeros(after, np.float32)])
+    pieces, starts = [np.zeros(before, np.float32)], []
+    for k, sentence in enumerate(utterance["sentences"]):
+        if k:
+            pieces.append(np.zeros(int(round(utterance["join_pause"] * audio.SAMPLE_RATE)), np.float32))
+        speech = espeak.speak(grammar.spoken_form(sentence), utterance["voice"], utterance["rate"], utterance["pitch"])
+        starts += _word_starts(sentence, speech, sum(len(p) for p in pieces) / audio.SAMPLE_RATE)
+        pieces.append(speech.waveform.numpy())
+    pieces.append(np.zeros(after, np.float32))
+    waveform = np.concatenate(pieces)
     if utterance["noise_db"] is not None:
         rng = np.random.default_rng(utterance["noise_seed"])
         waveform += (10 ** (utterance["noise_db"] / 20) * rng.standard_normal(len(waveform))).astype(np.float32)
     soundfile.write(utterance["path"], np.clip(waveform, -1.0, 1.0), audio.SAMPLE_RATE, subtype="PCM_16")
     Path(utterance["path"]).with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
-    return len(waveform), _word_starts(text, speech, utterance["pad"][0])
+    return len(waveform), starts
 
 
 def _word_starts(text: str, speech: espeak.Speech, offset: float) -> list[float | None]:
@@ -280,6 +309,7 @@ def synthesize_corpus(
                 "rate": utterance["rate"],
                 "pitch": utterance["pitch"],
                 "noise_db": utterance["noise_db"],
+                "sentences": len(utterance["sentences"]),
             }
             record["word_starts"] = word_starts
             records.append(record)

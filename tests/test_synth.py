@@ -118,7 +118,8 @@ def test_corpus_layout_and_durations(corpus):
             Alphabet().encode(record["text"])
             transcript = Path(record["audio_filepath"]).with_suffix(".txt")
             assert transcript.read_text(encoding="utf-8") == record["text"] + "\n"
-            assert config.min_words <= len(record["text"].split()) <= config.max_words
+            n = record["sentences"]  # 1, or 2 for an utterance joined from two sentences
+            assert n in (1, 2) and config.min_words * n <= len(record["text"].split()) <= config.max_words * n
             assert record["speaker"] == record["voice"]
             assert config.rate_range[0] <= record["rate"] <= config.rate_range[1]
             assert config.pitch_range[0] <= record["pitch"] <= config.pitch_range[1]
@@ -184,3 +185,26 @@ def test_no_noise_and_no_padding_when_asked(tmp_path):
     assert record["noise_db"] is None and record["word_starts"][0] == pytest.approx(0.0, abs=0.02)
     windows = samples[: len(samples) // 160 * 160].reshape(-1, 160)
     assert (np.abs(windows).max(axis=1) == 0).any()  # eSpeak's own digital silence is left as it is
+
+
+def test_some_utterances_are_two_sentences_with_a_pause_between(tmp_path):
+    config = SynthConfig(n_train=0, n_dev=12, n_test=0, seed=5, join_share=0.5, join_pause_range=(0.8, 0.8))
+    manifests = synthesize_corpus(tmp_path, config, progress=False)
+    dev = records(manifests)["dev"]
+    joined = [r for r in dev if r["sentences"] == 2]
+    assert 2 <= len(joined) <= 10
+    for record in joined:
+        starts = [t for t in record["word_starts"] if t is not None]
+        assert starts == sorted(starts)
+        gaps = np.diff(starts)
+        assert gaps.max() > 0.8  # the pause between the sentences is in the audio and in the times
+    texts = [r["text"] for r in dev]
+    assert len(set(" ".join(texts).split())) > 20 and len(set(texts)) == len(texts)
+
+
+def test_dev_and_test_do_not_depend_on_the_training_size():
+    from ds2.synth import _plan
+
+    small, large = (_plan(SynthConfig(n_train=n, n_dev=6, n_test=6, seed=2, join_share=0.5)) for n in (0, 40))
+    for split in ("dev", "test"):
+        assert small[split] == large[split]
