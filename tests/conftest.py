@@ -68,3 +68,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "requires_cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def confusable_log_probs(text: str, alphabet, confusions: dict[str, str] | None = None) -> np.ndarray:
+    """(T, V) log-probabilities spelling ``text``, a blank after each character; a character
+    in ``confusions`` is heard as its stand-in slightly more often (0.5 against 0.45), so that
+    greedy decoding gets it wrong and an LM or a hotword can set it right."""
+    confusions = confusions or {}
+    rows = []
+    for char in text:
+        row = np.full(len(alphabet), 1e-4)
+        if char in confusions:
+            row[alphabet.encode(confusions[char])[0]], row[alphabet.encode(char)[0]] = 0.5, 0.45
+        else:
+            row[alphabet.encode(char)[0]] = 0.95
+        rows += [row / row.sum(), np.eye(len(alphabet))[0] * 0.95 + 0.05 / len(alphabet)]
+    return np.log(np.array(rows, dtype=np.float32))

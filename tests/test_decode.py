@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import confusable_log_probs
 from ds2 import decode
 from ds2.decode import greedy_decode
 from ds2.text import Alphabet
@@ -62,16 +63,8 @@ def test_lm_beam_search_fixes_what_greedy_gets_wrong(tmp_path):
     text.write_text("the cat sat\nthe cat ran\na cat sat here\n" * 20, encoding="utf-8")
     files = lm.build_lm([text], tmp_path / "lm", order=3)
     alphabet = Alphabet()
-    frames = []
-    for char in "the cat":
-        row = np.full(len(alphabet), 1e-4)
-        if char == "c":
-            row[alphabet.encode("k")[0]], row[alphabet.encode("c")[0]] = 0.5, 0.45
-        else:
-            row[alphabet.encode(char)[0]] = 0.95
-        frames += [row / row.sum(), np.eye(len(alphabet))[0] * 0.95 + 0.05 / len(alphabet)]
-    log_probs = np.log(np.array(frames, dtype=np.float32))
-    assert greedy_decode(torch.from_numpy(log_probs)[None], torch.tensor([len(frames)]), alphabet) == ["the kat"]
+    log_probs = confusable_log_probs("the cat", alphabet, {"c": "k"})
+    assert greedy_decode(torch.from_numpy(log_probs)[None], torch.tensor([len(log_probs)]), alphabet) == ["the kat"]
     options = decode.BeamSearchOptions(str(files.binary), alpha=1.0, beta=0.5, beam_width=20, jobs=1)
     assert decode.beam_decode([log_probs], alphabet, options) == ["the cat"]
     no_lm_weight = decode.BeamSearchOptions(str(files.binary), alpha=0.0, beta=0.0, beam_width=20, jobs=1)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import confusable_log_probs
 from ds2.cli import app
 from ds2.decode import BeamSearchOptions, beam_decoder
 from ds2.longform import ChunkOptions
@@ -35,15 +36,7 @@ def test_srt_and_vtt_timestamps():
 
 def test_hotwords_steer_the_search_without_an_lm():
     alphabet = Alphabet()
-    frames = []
-    for char in "the kat":
-        row = np.full(len(alphabet), 1e-4)
-        if char == "k":
-            row[alphabet.encode("k")[0]], row[alphabet.encode("c")[0]] = 0.5, 0.45
-        else:
-            row[alphabet.encode(char)[0]] = 0.95
-        frames += [row / row.sum(), np.eye(len(alphabet))[0] * 0.95 + 0.05 / len(alphabet)]
-    log_probs = np.log(np.array(frames, dtype=np.float32))
+    log_probs = confusable_log_probs("the cat", alphabet, {"c": "k"})
     plain = beam_decoder(alphabet, BeamSearchOptions(beam_width=16, jobs=1))
     assert plain(log_probs) == "the kat"
     boosted = beam_decoder(alphabet, BeamSearchOptions(beam_width=16, jobs=1, hotwords=("cat",), hotword_weight=5.0))

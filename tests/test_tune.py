@@ -1,27 +1,14 @@
 import json
 
-import numpy as np
 import pytest
 import torch
 
+from conftest import confusable_log_probs
 from ds2 import lm
 from ds2.data import write_manifest
 from ds2.decode import load_decoding_defaults, save_log_probs
 from ds2.text import Alphabet
 from ds2.tune import TuneOptions, tune
-
-
-def _frames(text: str, alphabet: Alphabet, confusions: dict[str, str]) -> np.ndarray:
-    """Log-probs spelling ``text``; a confused character is slightly more likely wrong."""
-    rows = []
-    for char in text:
-        row = np.full(len(alphabet), 1e-4)
-        if char in confusions:
-            row[alphabet.encode(confusions[char])[0]], row[alphabet.encode(char)[0]] = 0.5, 0.45
-        else:
-            row[alphabet.encode(char)[0]] = 0.95
-        rows += [row / row.sum(), np.eye(len(alphabet))[0] * 0.95 + 0.05 / len(alphabet)]
-    return np.log(np.array(rows, dtype=np.float32))
 
 
 def test_tune_finds_an_lm_weight_that_beats_no_lm_and_stores_it(tmp_path):
@@ -37,7 +24,7 @@ def test_tune_finds_an_lm_weight_that_beats_no_lm_and_stores_it(tmp_path):
     manifest = tmp_path / "dev.json"
     write_manifest(manifest, [{"audio_filepath": f"{i}.wav", "duration": 1.0, "text": s} for i, s in enumerate(sentences)])
     cache = {"alphabet": list(alphabet.symbols), "errors": {},
-             "log_probs": {i: torch.from_numpy(_frames(s, alphabet, {"c": "k", "h": "n"})) for i, s in enumerate(sentences)}}
+             "log_probs": {i: torch.from_numpy(confusable_log_probs(s, alphabet, {"c": "k", "h": "n"})) for i, s in enumerate(sentences)}}
     save_log_probs(cache, tmp_path / "dev_lp.pt")
 
     best = tune(tmp_path / "dev_lp.pt", manifest, files.binary, tmp_path, TuneOptions(beam_width=16, jobs=1),
