@@ -86,7 +86,8 @@ def main() -> None:
     if results["segments"]:
         s = results["segments"]
         rows.append(("segments", f"{s['segments']} from {s['recordings']} recordings, {s['hours']} h, mean "
-                                 f"{s['mean_seconds']} s, longest {s['max_seconds']} s, K = {s['pause_frames_K']}"))
+                                 f"{s['mean_seconds']} s, longest {s['max_seconds']} s, pause K = "
+                                 f"{min(s['pause_frames_K'])}-{max(s['pause_frames_K'])} frames per recording"))
     if results["filter_cv"]:
         f = results["filter_cv"]
         rows.append(("filter on the labelled recordings (cross-validated)",
