@@ -29,6 +29,7 @@ from ds2.checkpoint import load_model
 from ds2.config import check, option
 from ds2.decode import BeamSearchOptions, beam_decode, build_beam_decoder, greedy_decode, split_at_pauses
 from ds2.longform import ChunkOptions, Recording, log_probs_of
+from ds2.text import normalize
 
 log = logging.getLogger("ds2.transcribe")
 
@@ -92,8 +93,9 @@ def transcribe(checkpoint: str | Path, paths: list[str | Path], chunks: ChunkOpt
             texts = [greedy_decode(log_probs[None, a:b], torch.tensor([b - a]), alphabet)[0] for a, b in pieces]
         else:
             texts = beam_decode([values[a:b] for a, b in pieces], alphabet, beam, decoder)
-        text = " ".join(" ".join(texts).split())
-        text = " ".join(text.split())
+        # Normalized as references are: a stray apostrophe at a word edge ("'nrn") is no part of
+        # the word, and the words timed by alignment must be the words of the text.
+        text = normalize(" ".join(texts))
         yield Transcript(path, text, round(result.seconds, 3), timed_words(log_probs, text, alphabet,
                                                                          result.frame_seconds))
 
