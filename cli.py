@@ -121,10 +121,12 @@ def _alphabet(alphabet_file: Optional[Path], alphabet_from: Optional[Path]):
 # --------------------------------------------------------------------------- prepare
 
 from ds2.align import AlignOptions  # noqa: E402  (options of the commands below)
+from ds2.augment import AugmentOptions  # noqa: E402
 from ds2.decode import BeamSearchOptions, DecodingOptions  # noqa: E402
 from ds2.longform import ChunkOptions  # noqa: E402
 from ds2.segment import FilterOptions, SegmentOptions  # noqa: E402
 from ds2.model import ModelConfig  # noqa: E402
+from ds2.noise import NoiseOptions, RirOptions  # noqa: E402
 from ds2.synth import SynthConfig  # noqa: E402
 from ds2.train import TrainConfig  # noqa: E402
 from ds2.transcribe import TranscribeOptions  # noqa: E402
@@ -148,6 +150,68 @@ def prepare_synth(
     paths = synthesize_corpus(out_dir, config)
     for split, path in paths.items():
         typer.echo(f"{split}: {path}")
+
+
+@prepare_app.command("noise")
+@_friendly_errors
+@_with_options(NoiseOptions)
+def prepare_noise(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for wav/, train.json, test.json, split.json, rejects.json.")],
+    collections: Annotated[Optional[list[Path]], typer.Option("--from", help="A noise collection on disk: the MUSAN "
+                           "layout (noise/, music/, speech/) or any folder of audio files; repeatable.")] = None,
+    **options,
+):
+    """Noise for augmentation and for noisy test sets: generated white, pink, brown, hum and
+    babble (of voices in neither training nor test), and collections on disk; the noises of
+    test.json are never in train.json."""
+    from ds2.config import from_cli
+    from ds2.noise import prepare_noise as run
+
+    config = from_cli(NoiseOptions, options)
+    _setup_logging()
+    paths = run(out_dir, config, collections or [])
+    for split, path in paths.items():
+        typer.echo(f"{split}: {path}")
+
+
+@prepare_app.command("rirs")
+@_friendly_errors
+@_with_options(RirOptions)
+def prepare_rirs(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for wav/, train.json, test.json, split.json, rejects.json.")],
+    collections: Annotated[Optional[list[Path]], typer.Option("--from", help="A folder of measured impulse "
+                           "responses (audio files); repeatable.")] = None,
+    **options,
+):
+    """Room impulse responses for reverberation: simulated shoebox rooms (pyroomacoustics),
+    and measured responses on disk; test rooms are never training rooms."""
+    from ds2.config import from_cli
+    from ds2.noise import prepare_rirs as run
+
+    config = from_cli(RirOptions, options)
+    _setup_logging()
+    paths = run(out_dir, config, collections or [])
+    for split, path in paths.items():
+        typer.echo(f"{split}: {path}")
+
+
+@prepare_app.command("noisy")
+@_friendly_errors
+def prepare_noisy(
+    manifest: Annotated[Path, typer.Argument(help="Manifest of the clean utterances (e.g. data/test.json).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the corrupted audio; the manifest is OUT_DIR.json.")],
+    noise: Annotated[Optional[Path], typer.Option(help="Noise manifest (use test noises: ds2 prepare noise).")] = None,
+    snr: Annotated[Optional[float], typer.Option(help="Signal-to-noise ratio in dB (with --noise).")] = None,
+    rir: Annotated[Optional[Path], typer.Option(help="Impulse response manifest (reverberation, before the noise).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed: which clip, offset and room each utterance gets.")] = 0,
+):
+    """Write a noisy and/or reverberant copy of a test set once, as audio, so that every model
+    is scored on the same files."""
+    from ds2.noise import make_noisy_set
+
+    _setup_logging()
+    path, n_written, n_rejected = make_noisy_set(manifest, out_dir, noise, snr, rir, seed)
+    typer.echo(f"{path}: {n_written} utterances" + (f"; {n_rejected} rejected" if n_rejected else ""))
 
 
 def _layout_command(layout: str, root_help: str, summary: str) -> None:
@@ -230,7 +294,7 @@ def lm_query(
 
 @app.command()
 @_friendly_errors
-@_with_options(TrainConfig, ModelConfig, exclude=("train_manifest", "dev_manifest", "out_dir"))
+@_with_options(TrainConfig, ModelConfig, AugmentOptions, exclude=("train_manifest", "dev_manifest", "out_dir"))
 def train(
     train_manifest: Annotated[Path, typer.Argument(help="Training manifest.")],
     dev_manifest: Annotated[Path, typer.Argument(help="Dev manifest: picks the best checkpoint.")],
@@ -240,13 +304,15 @@ def train(
     **options,
 ):
     """Train a DS2 model with CTC: SortaGrad, Nesterov SGD with gradient clipping and per-epoch
-    annealing, best-on-dev checkpoint (best.pt), exact --resume from last.pt."""
+    annealing, best-on-dev checkpoint (best.pt), exact --resume from last.pt; online noise,
+    reverberation, speed, gain and SpecAugment augmentation (--noise, --rir, --*-prob)."""
     from ds2.config import from_cli
     from ds2.train import train as run
 
     model = from_cli(ModelConfig, options)
+    augment = from_cli(AugmentOptions, options)
     config = from_cli(TrainConfig, options, train_manifest=str(train_manifest), dev_manifest=str(dev_manifest),
-                      out_dir=str(out_dir), model=model)
+                      out_dir=str(out_dir), model=model, augment=augment)
     if config.init and (alphabet or alphabet_from):
         raise ValueError("--init takes the checkpoint's alphabet: drop --alphabet/--alphabet-from")
     chosen_alphabet = None if config.resume or config.init else _alphabet(alphabet, alphabet_from)

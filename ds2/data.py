@@ -17,7 +17,7 @@ import json
 import math
 import random
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,8 +37,11 @@ class ManifestError(ValueError):
 # --------------------------------------------------------------------------- files
 
 
-def read_manifest(path: str | Path, resolve_paths: bool = True) -> Iterator[dict]:
+def read_manifest(path: str | Path, resolve_paths: bool = True,
+                  required: tuple[str, ...] = REQUIRED_FIELDS) -> Iterator[dict]:
     """Yield the records of a manifest lazily, one dict per non-empty line.
+
+    ``required``: the fields every line must have (a noise manifest has no ``text``).
 
     Each record gets ``line`` (1-based line number, for messages) and, with
     ``resolve_paths``, an absolute ``audio_filepath``. Raises ManifestError naming
@@ -59,7 +62,7 @@ def read_manifest(path: str | Path, resolve_paths: bool = True) -> Iterator[dict
                 raise ManifestError(f"{where}: invalid JSON ({err.msg})") from None
             if not isinstance(record, dict):
                 raise ManifestError(f"{where}: expected a JSON object")
-            missing = [key for key in REQUIRED_FIELDS if key not in record]
+            missing = [key for key in required if key not in record]
             if missing:
                 raise ManifestError(f"{where}: missing field(s) {', '.join(missing)}")
             try:
@@ -69,7 +72,7 @@ def read_manifest(path: str | Path, resolve_paths: bool = True) -> Iterator[dict
                 raise ManifestError(f"{where}: duration/offset must be numbers") from None
             if not (math.isfinite(duration) and duration > 0) or not (math.isfinite(offset) and offset >= 0):
                 raise ManifestError(f"{where}: bad duration {duration} or offset {offset}")
-            if not isinstance(record["text"], str):
+            if "text" in record and not isinstance(record["text"], str):
                 raise ManifestError(f"{where}: text must be a string")
             record["duration"] = duration
             if "offset" in record:
@@ -116,6 +119,7 @@ class Example:
     features: torch.Tensor  # shape = (N_FREQ, n_frames)
     labels: torch.Tensor  # shape = (n_labels,), int64, no blanks
     index: int  # position in the dataset
+    notes: tuple[str, ...] = ()  # augmentation clips that could not be used (they were skipped)
 
 
 class SpeechDataset(torch.utils.data.Dataset):
@@ -125,6 +129,10 @@ class SpeechDataset(torch.utils.data.Dataset):
     audio is read when an item is asked for. An utterance that cannot be loaded gives
     ``(index, message)`` instead of an Example (the collate function moves it to
     ``Batch.failures`` and the trainer counts it), so one bad file never stops training.
+
+    With an ``augmenter`` (:class:`ds2.augment.Augmenter`), items are asked for as
+    ``(index, epoch)`` (:func:`make_loader` does this) and each utterance is augmented with a
+    generator seeded by (``seed``, epoch, index) alone.
     """
 
     def __init__(
@@ -133,11 +141,15 @@ class SpeechDataset(torch.utils.data.Dataset):
         alphabet: Alphabet,
         max_duration: float | None = None,
         require_labels: bool = True,
+        augmenter=None,
+        seed: int = 0,
     ):
         """``require_labels=False`` (decoding) keeps entries whose text is empty or does
         not fit the alphabet; their labels are empty."""
         self.manifest = Path(manifest)
         self.alphabet = alphabet
+        self.augmenter = augmenter
+        self.seed = seed
         self.records: list[dict] = []
         self.skipped: list[str] = []  # reasons for entries dropped when the manifest was read
         for record in read_manifest(self.manifest):
@@ -164,7 +176,8 @@ class SpeechDataset(torch.utils.data.Dataset):
     def durations(self) -> list[float]:
         return [record["duration"] for record in self.records]
 
-    def __getitem__(self, index: int) -> Example | tuple[int, str]:
+    def __getitem__(self, item: int | tuple[int, int]) -> Example | tuple[int, str]:
+        index, epoch = item if isinstance(item, tuple) else (item, None)
         record = self.records[index]
         try:
             waveform = audio.load_audio(
@@ -174,8 +187,14 @@ class SpeechDataset(torch.utils.data.Dataset):
             )
         except audio.AudioError as err:
             return index, f"{self.manifest}:{record['line']}: {err}"
-        features = spectrogram(waveform)
-        return Example(features, torch.tensor(record["labels"], dtype=torch.long), index)
+        notes: list[str] = []
+        if self.augmenter is not None and epoch is not None:
+            rng = self.augmenter.generator(self.seed, epoch, index)
+            waveform, notes = self.augmenter.waveform(waveform, rng)
+            features = self.augmenter.features(spectrogram(waveform), rng)
+        else:
+            features = spectrogram(waveform)
+        return Example(features, torch.tensor(record["labels"], dtype=torch.long), index, tuple(notes))
 
 
 @dataclass
@@ -188,6 +207,7 @@ class Batch:
     label_lengths: shape = (batch,), int64
     indices: dataset positions of the utterances in the batch
     failures: (dataset index, message) of utterances that could not be loaded
+    notes: messages about augmentation clips that could not be used (skipped)
     """
 
     features: torch.Tensor
@@ -196,6 +216,7 @@ class Batch:
     label_lengths: torch.Tensor
     indices: list[int]
     failures: list[tuple[int, str]]
+    notes: list[str] = field(default_factory=list)  # augmentation clips skipped
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -215,7 +236,8 @@ def collate(items: list) -> Batch:
     for row, ex in enumerate(examples):
         features[row, :, : ex.features.shape[1]] = ex.features
         labels[row, : ex.labels.numel()] = ex.labels
-    return Batch(features, feature_lengths, labels, label_lengths, [ex.index for ex in examples], failures)
+    return Batch(features, feature_lengths, labels, label_lengths, [ex.index for ex in examples], failures,
+                 [note for ex in examples for note in ex.notes])
 
 
 # --------------------------------------------------------------------------- batching
@@ -263,9 +285,13 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # the main process owns the cores for the model
 
 
-def make_loader(dataset: SpeechDataset, batches: list[list[int]], num_workers: int) -> torch.utils.data.DataLoader:
+def make_loader(dataset: SpeechDataset, batches: list[list[int]], num_workers: int,
+                epoch: int | None = None) -> torch.utils.data.DataLoader:
     """Batches of ``dataset`` (lists of its indices, in the order given) as padded Batch
-    objects, read by ``num_workers`` forked processes (0: in this process)."""
+    objects, read by ``num_workers`` forked processes (0: in this process). ``epoch`` (of
+    training) seeds the augmentation of a dataset that has an augmenter."""
+    if epoch is not None and dataset.augmenter is not None:
+        batches = [[(index, epoch) for index in batch] for batch in batches]
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batches,

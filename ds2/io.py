@@ -66,8 +66,9 @@ class CsvLog:
     row. Opening with ``append=True`` repairs what such a kill leaves (a missing header,
     a partial last line) and drops the rows for which ``keep(row)`` is false (a resumed
     run passes "logged before the checkpoint it resumes from", so the steps it repeats
-    are not logged twice); the repaired file replaces the old one atomically. A file whose
-    header differs from ``fields`` is another run's log: that is an error, not a repair.
+    are not logged twice); the repaired file replaces the old one atomically. A header that
+    lacks only columns added at the end of ``fields`` (a log of an older version) gets them,
+    empty in the old rows; any other header is another run's log: an error, not a repair.
     """
 
     def __init__(self, path: str | Path, fields: list[str], append: bool = False,
@@ -90,7 +91,7 @@ class CsvLog:
         if not lines:
             return []  # killed before the header reached the disk
         header = next(csv.reader([lines[0]]))
-        if header != self.fields:
+        if header != self.fields[: len(header)]:
             raise ValueError(f"{self.path}: header {header} is not this log's {self.fields}; move the file away")
         rows = list(csv.DictReader(io.StringIO("\n".join(lines) + "\n")))
         return [row for row in rows if keep is None or keep(row)]

@@ -110,7 +110,7 @@ def _read_text(path: Path) -> tuple[str | None, str | None]:
         return None, f"{path}: cannot read transcript ({err.strerror})"
 
 
-class _Tree:
+class FileTree:
     """The files under a folder, collected once; entries that cannot be read become rejects.
 
     Symlinked folders are followed, each real folder once (a symlink loop ends there);
@@ -163,7 +163,7 @@ def librispeech_candidates(root: str | Path) -> list[Candidate]:
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a directory")
-    tree = _Tree(root)
+    tree = FileTree(root)
     candidates = list(tree.problems)
     for transcript in tree.ending_with(".trans.txt"):
         content, problem = _read_text(transcript)
@@ -199,7 +199,7 @@ def folder_candidates(root: str | Path) -> list[Candidate]:
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a directory")
-    tree = _Tree(root)
+    tree = FileTree(root)
     candidates = list(tree.problems)
     audio_stems = set()
     for path in tree.audio_files():

@@ -38,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from ds2 import __version__, audio, ctc
+from ds2.augment import AugmentOptions, Augmenter
 from ds2.checkpoint import load_checkpoint, save_checkpoint
 from ds2.config import DEVICE_HELP, DEVICE_PATTERN, check, option
 from ds2.data import Batch, SpeechDataset, epoch_batch_order, make_batches, make_loader
@@ -91,6 +92,7 @@ class TrainConfig:
                               "configuration and alphabet replace the model options.")
     progress: bool = option(True, "Show a progress bar.")
     model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentOptions = field(default_factory=AugmentOptions)
 
     def __post_init__(self):
         check(self)
@@ -111,6 +113,7 @@ class TrainState:
     skipped_load: int = 0  # audio that could not be read
     skipped_nonfinite: int = 0  # utterances with inf/nan loss
     skipped_steps: int = 0  # steps dropped for a non-finite gradient
+    skipped_augment: int = 0  # noise clips / impulse responses that could not be used (the rest was)
     audio_seconds: float = 0.0
     epoch_seen: int = 0  # training utterances the current epoch has come to so far
     epoch_unusable: int = 0  # ... of which could not be used (unreadable, unaligned, non-finite)
@@ -282,7 +285,9 @@ def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
 
-    train_set = SpeechDataset(config.train_manifest, alphabet, config.max_duration)
+    augmenter = Augmenter(config.augment) if config.augment.active else None
+    train_set = SpeechDataset(config.train_manifest, alphabet, config.max_duration, augmenter=augmenter,
+                              seed=config.seed)
     dev_set = SpeechDataset(config.dev_manifest, alphabet)
     for message in train_set.skipped + dev_set.skipped:
         log.warning("skipped: %s", message)
@@ -367,6 +372,7 @@ class _Run:
         self.config = {k: v for k, v in asdict(config).items() if k != "model"}
         self.backend = backend
         self.out_dir = out_dir
+        self.noted: set[str] = set()  # augmentation problems already logged
 
     def save(self, path: Path, model: DeepSpeech2, optimizer, state: TrainState) -> None:
         training = {
@@ -425,7 +431,7 @@ def _train_epoch(model, optimizer, train_set, batches, state: TrainState, config
         group["lr"] = lr
     order = epoch_batch_order(len(batches), state.epoch, config.seed, config.sortagrad)
     remaining = [batches[i] for i in order[state.batches_done :]]
-    loader = make_loader(train_set, remaining, config.num_workers)
+    loader = make_loader(train_set, remaining, config.num_workers, epoch=state.epoch)
     bar = tqdm(
         loader, total=len(order), initial=state.batches_done, disable=not config.progress,
         desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="batch", dynamic_ncols=True,
@@ -436,6 +442,11 @@ def _train_epoch(model, optimizer, train_set, batches, state: TrainState, config
         for _, message in batch.failures:
             log.warning("skipped: %s", message)
         state.skipped_load += len(batch.failures)
+        for message in batch.notes:
+            if message not in run.noted:  # one warning per bad clip, every use counted
+                run.noted.add(message)
+                log.warning("augmentation skipped: %s", message)
+        state.skipped_augment += len(batch.notes)
         state.epoch_seen += len(batch) + len(batch.failures)
         state.epoch_unusable += len(batch.failures)
         if len(batch):
@@ -478,7 +489,7 @@ class RunLogger:
     STEP_FIELDS = ["step", "epoch", "lr", "loss", "grad_norm", "audio_seconds_per_second"]
     EPOCH_FIELDS = [
         "epoch", "step", "lr", "dev_loss", "dev_wer", "dev_cer", "skipped_unaligned",
-        "skipped_load", "skipped_nonfinite", "skipped_steps", "audio_hours",
+        "skipped_load", "skipped_nonfinite", "skipped_steps", "audio_hours", "skipped_augment",
     ]
 
     def __init__(self, out_dir: Path, resume_state: TrainState | None = None):
@@ -508,7 +519,7 @@ class RunLogger:
             dev_wer=round(dev_wer, 2), dev_cer=round(dev_cer, 2),
             skipped_unaligned=state.skipped_unaligned, skipped_load=state.skipped_load,
             skipped_nonfinite=state.skipped_nonfinite, skipped_steps=state.skipped_steps,
-            audio_hours=round(state.audio_seconds / 3600, 3),
+            audio_hours=round(state.audio_seconds / 3600, 3), skipped_augment=state.skipped_augment,
         )
         scalars = {"dev/loss": dev_loss, "dev/wer": dev_wer, "dev/cer": dev_cer}
         self._emit(self.epochs, row, scalars, state.step)

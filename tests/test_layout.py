@@ -22,11 +22,11 @@ LAYERS = [
     {"text", "audio"},
     {"features", "espeak"},
     {"data"},
-    {"model", "lm", "metrics", "ctc", "alignment"},
+    {"model", "lm", "metrics", "ctc", "alignment", "augment"},
     {"checkpoint", "longform"},
     {"decode"},
     {"tune", "train", "prepare", "synth", "align", "transcribe"},
-    {"segment"},
+    {"segment", "noise"},
 ]
 
 
