@@ -3,6 +3,8 @@
 #
 #   bash recipes/tiny/run.sh                          # all stages
 #   bash recipes/tiny/run.sh --stage 3 --stop-stage 3 # only training
+#   bash recipes/tiny/run.sh --stage 3 --exp /path/exp_aug --augment "--noise data/noise/train.json"
+#                                                     # another model on the same corpus (recipes/noisy)
 #
 # Stages (a marker file per finished stage, so a rerun skips what is done; delete
 # recipes/tiny/exp to retrain, recipes/tiny/data too to start over):
@@ -24,8 +26,10 @@ n_test=200
 seed=0
 epochs=3
 threads=0 # torch CPU threads (0: all cores)
+exp=exp
+augment="" # extra `ds2 train` options, e.g. "--noise N.json --rir R.json" (paths relative to recipes/tiny)
 
-usage="Usage: $0 [--stage N] [--stop-stage N] [--n-train $n_train] [--n-dev $n_dev] [--n-test $n_test] [--seed $seed] [--epochs $epochs]"
+usage="Usage: $0 [--stage N] [--stop-stage N] [--n-train $n_train] [--n-dev $n_dev] [--n-test $n_test] [--seed $seed] [--epochs $epochs] [--exp $exp] [--augment \"DS2 TRAIN OPTIONS\"]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --stage) stage=$2; shift 2 ;;
@@ -35,34 +39,18 @@ while [ $# -gt 0 ]; do
     --n-test) n_test=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
+    --exp) exp=$2; shift 2 ;;
+    --augment) augment=$2; shift 2 ;;
     -h|--help) echo "$usage"; exit 0 ;;
     *) echo "unknown option $1"; echo "$usage"; exit 1 ;;
   esac
 done
 
-recipe_dir=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$recipe_dir/../.." && pwd)
-cd "$recipe_dir"
+cd "$(dirname "$0")"
 data=data
-exp=exp
 mkdir -p $data $exp
-
-log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (run.sh:${BASH_LINENO[0]}) $*"; }
 done_marker() { if [ "$1" -le 2 ]; then echo "$data/.stage$1.done"; else echo "$exp/.stage$1.done"; fi; }
-bash "$repo/scripts/setup.sh"
-ds2="$repo/.venv/bin/ds2"
-python="$repo/.venv/bin/python"
-start_time=$(date +%s) # the elapsed time printed at the end excludes set-up
-
-run_stage() { # run_stage N: true if stage N is in range and not yet done
-  local n=$1
-  [ "$stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ] || return 1
-  if [ -f "$(done_marker "$n")" ]; then
-    log "Stage $n: already done ($(done_marker "$n")), skipping"
-    return 1
-  fi
-  return 0
-}
+source ../common.sh
 
 if run_stage 1; then
   log "Stage 1: synthesize $n_train/$n_dev/$n_test utterances with eSpeak NG"
@@ -84,7 +72,7 @@ if run_stage 3; then
     --epochs $epochs --batch-size 16 --optimizer adam --lr 2e-3 --anneal 2 --grad-clip 400 \
     --conv-layers 2 --conv-channels 32,16 --conv-kernels 41x11,21x11 --conv-strides 2x3,2x1 \
     --rnn-type gru --rnn-layers 2 --rnn-hidden 256 --fc-hidden 256 \
-    --threads $threads --seed $seed --checkpoint-every 100 $( [ -f $exp/last.pt ] && echo --resume )
+    --threads $threads --seed $seed --checkpoint-every 100 $augment $( [ -f $exp/last.pt ] && echo --resume )
   touch "$(done_marker 3)"
 fi
 

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The noisy recipe: does noise augmentation (DS2 section 5.2) make the tiny model robust?
+# The tiny recipe's clean model against the same recipe trained with augmentation, scored on
+# the clean test set and on copies of it in noise never heard in training and in rooms never
+# used in training.
+#
+#   bash recipes/noisy/run.sh                          # all stages
+#   bash recipes/noisy/run.sh --stage 5                # only decoding and the table again
+#
+# Stages (a marker file per finished stage; delete recipes/noisy/exp to redo):
+#   1  the tiny recipe's corpus, clean model and LM (runs recipes/tiny/run.sh when missing)
+#   2  noise (generated: white, pink, brown, hum, babble of voices heard nowhere else) and
+#      simulated rooms; train and test noises and rooms kept apart (data/*/split.json)
+#   3  noisy test sets at 0, 5, 10, 20 dB SNR (test noises) and a reverberant one (test rooms),
+#      written once as audio; real human speech from Debian's pocketsphinx-testdata
+#   4  the tiny recipe's training, decoding, LM tuning with augmentation: noise on 40% of the
+#      utterances at 0-20 dB, 1-3 clips each; reverberation on 20%  (exp/aug)
+#   5  both models on every test set, greedy and with the LM (each with its own tuned alpha/beta)
+#   6  the table (exp/results.md) and WER against SNR (exp/wer_snr.png)
+set -euo pipefail
+
+stage=1
+stop_stage=100
+snrs="0 5 10 20"
+noise_prob=0.4
+reverb_prob=0.2
+seed=0
+
+usage="Usage: $0 [--stage N] [--stop-stage N] [--snrs \"$snrs\"] [--noise-prob $noise_prob] [--reverb-prob $reverb_prob] [--seed $seed]"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --stage) stage=$2; shift 2 ;;
+    --stop-stage) stop_stage=$2; shift 2 ;;
+    --snrs) snrs=$2; shift 2 ;;
+    --noise-prob) noise_prob=$2; shift 2 ;;
+    --reverb-prob) reverb_prob=$2; shift 2 ;;
+    --seed) seed=$2; shift 2 ;;
+    -h|--help) echo "$usage"; exit 0 ;;
+    *) echo "unknown option $1"; echo "$usage"; exit 1 ;;
+  esac
+done
+
+cd "$(dirname "$0")"
+here=$PWD
+data=data
+exp=exp
+tiny=../tiny
+mkdir -p $data $exp
+source ../common.sh
+
+if run_stage 1; then
+  if [ ! -f $tiny/exp/.stage8.done ]; then
+    log "Stage 1: the tiny recipe's model is missing: running recipes/tiny/run.sh"
+    bash $tiny/run.sh
+  fi
+  log "Stage 1: clean model $tiny/exp/best.pt"
+  done_stage 1
+fi
+
+if run_stage 2; then
+  log "Stage 2: noise and rooms (train and test apart: $data/noise/split.json, $data/rirs/split.json)"
+  "$ds2" prepare noise $data/noise --seed $seed
+  "$ds2" prepare rirs $data/rirs --seed $seed
+  done_stage 2
+fi
+
+sets="clean"
+for snr in $snrs; do sets="$sets snr$snr"; done
+sets="$sets reverb"
+sphinx_data=/usr/share/pocketsphinx/test/data
+
+if run_stage 3; then
+  log "Stage 3: noisy test sets ($sets), from $tiny/data/test.json with test noises and rooms"
+  for snr in $snrs; do
+    "$ds2" prepare noisy $tiny/data/test.json $data/test_snr$snr --noise $data/noise/test.json --snr $snr --seed $seed
+  done
+  "$ds2" prepare noisy $tiny/data/test.json $data/test_reverb --rir $data/rirs/test.json --seed $seed
+  "$python" -c "import sys; from ds2.data import read_manifest, write_manifest; write_manifest(sys.argv[2], read_manifest(sys.argv[1]))" \
+    $tiny/data/test.json $data/test_clean.json # the clean set with absolute paths into the tiny corpus
+  if [ ! -d $sphinx_data ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "Stage 3: installing the Debian package pocketsphinx-testdata (real speech, 3 MB)"
+    apt-get install -y -qq pocketsphinx-testdata >/dev/null || true
+  fi
+  if [ -d $sphinx_data ]; then
+    "$python" local/real_speech.py $sphinx_data $data/test_real
+  else
+    log "Stage 3: no $sphinx_data (apt-get install pocketsphinx-testdata): no real-speech row"
+  fi
+  done_stage 3
+fi
+[ -f $data/test_real.json ] && sets="$sets real"
+
+if run_stage 4; then
+  log "Stage 4: the tiny recipe with augmentation (noise on $noise_prob, reverberation on $reverb_prob) -> $exp/aug"
+  bash $tiny/run.sh --stage 3 --exp "$here/$exp/aug" --augment "--noise $here/$data/noise/train.json \
+    --noise-prob $noise_prob --snr 0,20 --noise-clips 3 --rir $here/$data/rirs/train.json --reverb-prob $reverb_prob"
+  done_stage 4
+fi
+
+if run_stage 5; then
+  log "Stage 5: both models on every test set, greedy and with the LM"
+  for model in clean aug; do
+    model_dir=$([ $model = clean ] && echo $tiny/exp || echo $exp/aug)
+    for set in $sets; do
+      out=$exp/decode/$model/$set
+      mkdir -p $out
+      "$ds2" decode $model_dir/best.pt $data/test_$set.json -o $out/greedy.json --save-logprobs $out/logprobs.pt --no-progress
+      "$ds2" score $out/greedy.json --json $out/score_greedy.json > $out/score_greedy.txt
+      "$ds2" decode $model_dir/best.pt $data/test_$set.json -o $out/lm.json --lm $model_dir/lm/lm.bin \
+        --logprobs $out/logprobs.pt --no-progress # alpha/beta: $model_dir/decoding.json
+      "$ds2" score $out/lm.json --json $out/score_lm.json > $out/score_lm.txt
+      log "$model model, $set: greedy $(grep '^WER' $out/score_greedy.txt | awk '{print $NF}') %, LM $(grep '^WER' $out/score_lm.txt | awk '{print $NF}') %"
+    done
+  done
+  done_stage 5
+fi
+
+if run_stage 6; then
+  log "Stage 6: table and plot"
+  "$python" local/results.py $exp --sets "$sets" -o $exp/results.md --plot $exp/wer_snr.png
+  done_stage 6
+fi
+
+if [ -f $exp/results.md ]; then
+  cat $exp/results.md
+fi
+log "Successfully finished [elapsed=$(( $(date +%s) - start_time ))s]"
