@@ -23,6 +23,8 @@ Usage::
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +32,12 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from ds2 import audio, espeak, grammar, io
+from ds2 import audio, espeak, grammar, io, voices
 from ds2.config import (ConfigError, check, flag_name, option, parse_floats, parse_ints, parse_strs, show_floats,
                         show_ints, show_strs)
 from ds2.data import write_manifest
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 RATE_RANGE = (130, 210)  # speaking rate, words per minute (eSpeak's default is 175)
@@ -91,6 +95,14 @@ ENGLISH_VOICES = VoicePartition(
     heldout=("+m5", "+f3", "en+m2", "en-gb-x-rp+f5"),
 )
 
+# The voices `--engines` adds beyond eSpeak. Festival is the engine held out whole: it speaks
+# only in dev and test. Its two voices are the people behind Flite's slt and kal16, so those
+# are held out too; Flite trains on awb and rms.
+ENGINE_VOICES = {
+    "flite": VoicePartition(train=("flite:awb", "flite:rms"), heldout=("flite:slt", "flite:kal16")),
+    "festival": VoicePartition(train=(), heldout=("festival:cmu_us_slt_arctic_hts", "festival:kal_diphone")),
+}
+
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -111,6 +123,10 @@ class SynthConfig:
                                            parse=parse_strs, show=show_strs)
     heldout_voices: tuple[str, ...] = option(ENGLISH_VOICES.heldout, "eSpeak voices of dev and test (no variant "
                                              "of a training voice).", parse=parse_strs, show=show_strs)
+    engines: tuple[str, ...] = option(("espeak",), "Synthesizers: espeak, and flite (Debian flite) and festival "
+                                      "(Debian festival, festvox-us-slt-hts, festvox-kallpc16k), whose voices are "
+                                      "added (festival's to dev/test only); an engine not installed is skipped "
+                                      "with a note in voices.json.", parse=parse_strs, show=show_strs)
     pad_range: tuple[float, float] = option(PAD_RANGE, "Silence before and after the speech, seconds (drawn for "
                                             "each side of each utterance; 0,0: none).", parse=parse_floats,
                                             show=show_floats)
@@ -137,18 +153,38 @@ class SynthConfig:
                                                 ("noise_db_range", self.noise_db_range, (-120.0, -10.0))):
             if len(values) != 2 or not lowest <= values[0] <= values[1] <= highest:
                 raise ConfigError(f"{flag_name(name)} must be LOW,HIGH with {lowest:g} <= LOW <= HIGH <= {highest:g}")
+        unknown = sorted(set(self.engines) - {"espeak", *ENGINE_VOICES})
+        if unknown:
+            raise ConfigError(f"--engines: unknown {', '.join(unknown)} (known: espeak, {', '.join(ENGINE_VOICES)})")
         if not self.train_voices or not self.heldout_voices:
             raise ValueError("train_voices and heldout_voices must not be empty")
-        shared = {espeak.voice_variant(v) for v in self.resolved_voices("train")} & {
-            espeak.voice_variant(v) for v in self.resolved_voices("dev")
+        for voice in self.all_voices("train") + self.all_voices("dev"):
+            voices.info(voice)  # an unknown voice of another engine fails here
+        shared = {voices.info(v).person for v in self.all_voices("train")} & {
+            voices.info(v).person for v in self.all_voices("dev")
         }
         if shared:
-            raise ValueError(f"voice variants in both train and held-out voices: {sorted(shared)}")
+            raise ValueError(f"voices of the same person (eSpeak: variant) in both train and held-out voices: "
+                             f"{sorted(shared)}")
+
+    def all_voices(self, split: str) -> tuple[str, ...]:
+        """Every voice a split asks for, with full names ("+m3" -> "en-us+m3"), engines' included."""
+        names = self.train_voices if split == "train" else self.heldout_voices
+        for engine in self.engines:
+            if engine in ENGINE_VOICES:
+                partition = ENGINE_VOICES[engine]
+                names = names + (partition.train if split == "train" else partition.heldout)
+        return tuple(self.language + v if v.startswith("+") else v for v in names)
 
     def resolved_voices(self, split: str) -> tuple[str, ...]:
-        """Full eSpeak voice names for a split ("+m3" -> "en-us+m3")."""
-        voices = self.train_voices if split == "train" else self.heldout_voices
-        return tuple(self.language + v if v.startswith("+") else v for v in voices)
+        """The voices of a split that can speak here: those of engines not installed are left out
+        (:func:`skipped_voices` says which and why)."""
+        return tuple(v for v in self.all_voices(split) if voices.available(voices.engine_of(v)) is None)
+
+    def skipped_voices(self) -> dict[str, str]:
+        """Voices asked for whose engine is not installed here, with the reason."""
+        return {v: voices.available(voices.engine_of(v)) for split in SPLITS for v in self.all_voices(split)
+                if voices.available(voices.engine_of(v)) is not None}
 
     def n_utterances(self, split: str) -> int:
         return {"train": self.n_train, "dev": self.n_dev, "test": self.n_test}[split]
@@ -222,7 +258,7 @@ def _render(utterance: dict) -> tuple[int, list[float] | None]:
     for k, sentence in enumerate(utterance["sentences"]):
         if k:
             pieces.append(np.zeros(int(round(utterance["join_pause"] * audio.SAMPLE_RATE)), np.float32))
-        speech = espeak.speak(grammar.spoken_form(sentence), utterance["voice"], utterance["rate"], utterance["pitch"])
+        speech = voices.speak(grammar.spoken_form(sentence), utterance["voice"], utterance["rate"], utterance["pitch"])
         starts += _word_starts(sentence, speech, sum(len(p) for p in pieces) / audio.SAMPLE_RATE)
         pieces.append(speech.waveform.numpy())
     pieces.append(np.zeros(after, np.float32))
@@ -254,6 +290,21 @@ def _word_starts(text: str, speech: espeak.Speech, offset: float) -> list[float 
     return starts
 
 
+def _write_voices(path: Path, config: SynthConfig, skipped: dict[str, str]) -> None:
+    """voices.json: every voice of the corpus with its split, engine, person and licence, and
+    the voices skipped (engine not installed) with the reason."""
+    used = {}
+    for split in ("train", "dev"):
+        for voice in config.resolved_voices(split):
+            details = voices.info(voice)
+            used[voice] = {"splits": ["train"] if split == "train" else ["dev", "test"], "engine": details.engine,
+                           "person": details.person, "licence": details.licence}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with io.atomic_write(path) as handle:
+        json.dump({"voices": used, "skipped": skipped}, handle, indent=2)
+        handle.write("\n")
+
+
 def _default_workers() -> int:
     return io.default_jobs(cap=MAX_WORKERS)  # process_map runs 1 where there is no fork
 
@@ -280,9 +331,16 @@ def synthesize_corpus(
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
+    skipped = config.skipped_voices()
+    for voice, reason in skipped.items():
+        log.warning("voice %s skipped: %s", voice, reason)
+    for split in SPLITS:
+        if config.n_utterances(split) and not config.resolved_voices(split):
+            raise ValueError(f"no voice of the {split} split can speak here: {sorted(set(skipped.values()))}")
     plan = _plan(config)
     for voice in sorted({u["voice"] for split in SPLITS for u in plan[split]}):
-        espeak.check_voice(voice)  # fail before minutes of synthesis, not in the middle
+        voices.check_voice(voice)  # fail before minutes of synthesis, not in the middle
+    _write_voices(out_dir / "voices.json", config, skipped)
     jobs = []
     for split_index, split in enumerate(SPLITS):
         (out_dir / "wav" / split).mkdir(parents=True, exist_ok=True)
@@ -306,6 +364,7 @@ def synthesize_corpus(
                 "text": utterance["text"],
                 "voice": utterance["voice"],
                 "speaker": utterance["voice"],
+                "engine": voices.engine_of(utterance["voice"]),
                 "rate": utterance["rate"],
                 "pitch": utterance["pitch"],
                 "noise_db": utterance["noise_db"],

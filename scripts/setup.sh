@@ -35,14 +35,22 @@ if [ ! -x .venv/bin/lmplz ] || [ ! -x .venv/bin/build_binary ]; then
   bash lm/build_kenlm.sh
 fi
 
-if [ $want_test = 1 ] && [ ! -x /usr/lib/sctk/bin/sclite ]; then
-  # sclite is the reference scorer the WER/CER tests compare against.
+# For the tests: sclite, the reference scorer the WER/CER tests compare against; Flite and
+# Festival with two voices, the synthesizers beside eSpeak (tests/test_voices.py).
+debian_packages=""
+if [ $want_test = 1 ]; then
+  [ -x /usr/lib/sctk/bin/sclite ] || debian_packages="$debian_packages sctk"
+  command -v flite >/dev/null || debian_packages="$debian_packages flite"
+  [ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] && [ -d /usr/share/festival/voices/english/kal_diphone ] \
+    || debian_packages="$debian_packages festival festvox-us-slt-hts festvox-kallpc16k"
+fi
+if [ -n "$debian_packages" ]; then
   sudo=""
   [ "$(id -u)" != 0 ] && command -v sudo >/dev/null && sudo="sudo"
   if command -v apt-get >/dev/null; then
-    log "installing NIST sclite (Debian package sctk)"
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq sctk >/dev/null
+    log "installing Debian packages:$debian_packages"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq $debian_packages >/dev/null
   else
-    log "warning: no apt-get; install NIST sclite (sctk) by hand or the sclite test will be skipped"
+    log "warning: no apt-get; install$debian_packages by hand (their tests fail without them)"
   fi
 fi

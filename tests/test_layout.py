@@ -21,7 +21,7 @@ LAYERS = [
     {"ds2", "io", "config", "grammar", "_ctc_numba", "_align_numba"},  # ground: nothing from ds2 (ds2 = __init__)
     {"text", "audio"},
     {"features", "espeak"},
-    {"data"},
+    {"data", "voices"},
     {"model", "lm", "metrics", "ctc", "alignment", "augment"},
     {"checkpoint", "longform"},
     {"decode"},
