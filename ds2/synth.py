@@ -1,4 +1,5 @@
-"""A speech corpus synthesized with eSpeak NG: no downloads, reproducible from a seed.
+"""A speech corpus synthesized with eSpeak NG (and with ``engines``, Flite and Festival:
+:mod:`ds2.voices`): no downloads, reproducible from a seed.
 
 Sentences come from the English grammar of :mod:`ds2.grammar`; each is spoken by an
 eSpeak NG voice (:mod:`ds2.espeak`: an English accent plus a voice variant, e.g.
@@ -11,8 +12,9 @@ made, and its noise is seeded by its place in the corpus, so the same config giv
 byte-identical files whatever the number of worker processes.
 
 Dev and test hold sentences *and* voices never seen in training: the voices are split
-into two disjoint groups (:data:`ENGLISH_VOICES`), and the dev/test sentences are drawn
-first and excluded from the training sentences.
+into two disjoint groups (:data:`ENGLISH_VOICES`, and :data:`ENGINE_VOICES` for the other
+engines, one of which, Festival, is held out whole), no person on both sides, and the
+dev/test sentences are drawn first and excluded from the training sentences.
 
 Usage::
 
