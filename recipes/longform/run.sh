@@ -41,30 +41,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-recipe_dir=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$recipe_dir/../.." && pwd)
-cd "$recipe_dir"
+cd "$(dirname "$0")"
 data=data
 exp=exp
 tiny=../tiny
 mkdir -p $data $exp
-
-log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (run.sh:${BASH_LINENO[0]}) $*"; }
-bash "$repo/scripts/setup.sh"
-ds2="$repo/.venv/bin/ds2"
-python="$repo/.venv/bin/python"
-start_time=$(date +%s)
-
-run_stage() { # run_stage N: true if stage N is in range and not yet done
-  local n=$1
-  [ "$stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ] || return 1
-  if [ -f "$exp/.stage$n.done" ]; then
-    log "Stage $n: already done ($exp/.stage$n.done), skipping"
-    return 1
-  fi
-  return 0
-}
-done_stage() { touch "$exp/.stage$1.done"; }
+source ../common.sh
 
 model=$tiny/exp/best.pt
 lm=$tiny/exp/lm/lm.bin
