@@ -253,7 +253,18 @@ class TrainingError(ValueError):
 
 
 def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
-    """Train a model as configured; returns the final TrainState."""
+    """Train a model as configured; returns the final TrainState. ``config.threads`` holds
+    for the run only: the caller's torch thread count is restored afterwards (a model run
+    later in the same process computes in the same summation order as before)."""
+    threads = torch.get_num_threads()
+    try:
+        return _train(config, alphabet)
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, alphabet: Alphabet | None) -> TrainState:
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.threads:

@@ -125,6 +125,12 @@ def test_checkpoint_loads_with_weights_only_and_keeps_the_alphabet(corpus, tmp_p
     assert json.loads(json.dumps(model.config.to_dict()))["alphabet"] == list(alphabet.symbols)
 
 
+def test_the_callers_thread_count_is_restored(corpus, tmp_path):
+    before = torch.get_num_threads()
+    train(_config(corpus, tmp_path / "run", epochs=1, threads=1 if before != 1 else 2))
+    assert torch.get_num_threads() == before
+
+
 def test_learning_rate_defaults_per_optimizer_and_bad_values_are_refused(tmp_path):
     base = dict(train_manifest="t.json", dev_manifest="d.json", out_dir=str(tmp_path))
     assert TrainConfig(**base, optimizer="sgd").lr == 3e-3
