@@ -67,7 +67,6 @@ def main() -> None:
         lines += ["", "Target (issue 11):"] + verdicts
     with atomic_write(args.output) as handle:
         handle.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
     if args.plot:
         snr_sets = sorted((s for s in sets if s.startswith("snr")), key=lambda s: float(s[3:]))
         xs = [float(s[3:]) for s in snr_sets]
