@@ -61,7 +61,7 @@ def train_speed(manifest: str, dev: str, augment: AugmentOptions, steps: int, ou
 
     def timed_step(model, optimizer, batch, *rest):
         result = original(model, optimizer, batch, *rest)
-        marks.append((time.perf_counter(), float(batch.feature_lengths.sum()) / audio.FRAMES_PER_SECOND))
+        marks.append((time.perf_counter(), audio.frames_to_seconds(float(batch.feature_lengths.sum()))))
         return result
 
     config = TrainConfig(train_manifest=manifest, dev_manifest=dev, out_dir=str(out), epochs=50, batch_size=16,

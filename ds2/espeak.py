@@ -260,6 +260,17 @@ def synthesize(text: str, voice: str, rate: int, pitch: int) -> torch.Tensor:
     return speak(text, voice, rate, pitch).waveform
 
 
+def check_request(text: str, rate: int, pitch: int) -> None:
+    """Raise ValueError for empty text, a rate outside 80-450 words per minute or a pitch
+    outside 0-100 (the ranges every engine of :mod:`ds2.voices` takes)."""
+    if not text.strip():
+        raise ValueError("nothing to synthesize: empty text")
+    if not 80 <= rate <= 450:
+        raise ValueError(f"rate must be 80-450 words per minute, got {rate}")
+    if not 0 <= pitch <= 100:
+        raise ValueError(f"pitch must be 0-100, got {pitch}")
+
+
 def speak(text: str, voice: str, rate: int, pitch: int) -> Speech:
     """:func:`synthesize`, with where each word starts.
 
@@ -267,12 +278,7 @@ def speak(text: str, voice: str, rate: int, pitch: int) -> Speech:
     ``sample`` field, at the native rate): the start times are exact for the synthesized
     audio, which makes them a ground truth for forced alignment.
     """
-    if not text.strip():
-        raise ValueError("nothing to synthesize: empty text")
-    if not 80 <= rate <= 450:
-        raise ValueError(f"rate must be 80-450 words per minute, got {rate}")
-    if not 0 <= pitch <= 100:
-        raise ValueError(f"pitch must be 0-100, got {pitch}")
+    check_request(text, rate, pitch)
     with _ENGINE_LOCK:
         engine = _engine()
         samples, events = engine.speak(text, voice, rate, pitch)

@@ -98,12 +98,7 @@ def speak(text: str, voice: str, rate: int, pitch: int) -> espeak.Speech:
     """``text`` spoken by ``voice`` at ``rate`` words per minute (80-450; 175 is every
     engine's own pace) and ``pitch`` 0-100 (50: the voice's own), as a 16 kHz waveform.
     Flite and Festival give no word positions (an empty tuple)."""
-    if not text.strip():
-        raise ValueError("nothing to synthesize: empty text")
-    if not 80 <= rate <= 450:
-        raise ValueError(f"rate must be 80-450 words per minute, got {rate}")
-    if not 0 <= pitch <= 100:
-        raise ValueError(f"pitch must be 0-100, got {pitch}")
+    espeak.check_request(text, rate, pitch)
     engine = engine_of(voice)
     if engine == "espeak":
         return espeak.speak(text, voice, rate, pitch)
