@@ -133,6 +133,11 @@ from ds2.transcribe import TranscribeOptions  # noqa: E402
 from ds2.tune import TuneOptions  # noqa: E402
 
 
+def _echo_manifests(paths: dict) -> None:
+    for split, path in paths.items():
+        typer.echo(f"{split}: {path}")
+
+
 @prepare_app.command("synth")
 @_friendly_errors
 @_with_options(SynthConfig)
@@ -147,9 +152,7 @@ def prepare_synth(
 
     config = from_cli(SynthConfig, options)
     _setup_logging()
-    paths = synthesize_corpus(out_dir, config)
-    for split, path in paths.items():
-        typer.echo(f"{split}: {path}")
+    _echo_manifests(synthesize_corpus(out_dir, config))
 
 
 @prepare_app.command("noise")
@@ -169,9 +172,7 @@ def prepare_noise(
 
     config = from_cli(NoiseOptions, options)
     _setup_logging()
-    paths = run(out_dir, config, collections or [])
-    for split, path in paths.items():
-        typer.echo(f"{split}: {path}")
+    _echo_manifests(run(out_dir, config, collections or []))
 
 
 @prepare_app.command("rirs")
@@ -190,9 +191,7 @@ def prepare_rirs(
 
     config = from_cli(RirOptions, options)
     _setup_logging()
-    paths = run(out_dir, config, collections or [])
-    for split, path in paths.items():
-        typer.echo(f"{split}: {path}")
+    _echo_manifests(run(out_dir, config, collections or []))
 
 
 @prepare_app.command("noisy")
