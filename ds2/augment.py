@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ds2 import audio
-from ds2.config import ConfigError, check, option, parse_floats, show_floats
+from ds2.config import ConfigError, check, check_ranges, option, parse_floats, show_floats
 from ds2.data import read_manifest
 
 
@@ -56,10 +56,7 @@ class AugmentOptions:
 
     def __post_init__(self):
         check(self)
-        for name in ("snr", "gain_db"):
-            values = getattr(self, name)
-            if len(values) != 2 or values[0] > values[1] or not all(math.isfinite(v) for v in values):
-                raise ConfigError(f"--{name.replace('_', '-')}: give LOW,HIGH with LOW <= HIGH, got {show_floats(values)}")
+        check_ranges(self, "snr", "gain_db")
         if not self.speed:
             raise ConfigError("--speed: give at least one factor")
 

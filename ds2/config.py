@@ -80,6 +80,15 @@ def check(config) -> None:
             raise ConfigError(f"{flag_name(field.name)}: {problem}, got {_shown(value, meta)}")
 
 
+def check_ranges(config, *names: str) -> None:
+    """Raise ConfigError unless each named tuple field is a finite LOW,HIGH pair with LOW <= HIGH."""
+    for name in names:
+        values = getattr(config, name)
+        if len(values) != 2 or not all(math.isfinite(v) for v in values) or values[0] > values[1]:
+            shown = ",".join(f"{v:g}" for v in values)
+            raise ConfigError(f"{flag_name(name)}: give LOW,HIGH with LOW <= HIGH, got {shown}")
+
+
 def _problem(value, meta) -> str | None:
     if meta["choices"] is not None:
         return None if value in meta["choices"] else f"must be one of {', '.join(meta['choices'])}"

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ds2 import audio, espeak, grammar
 from ds2.augment import ClipBank, mix_at_snr, read_clip, reverberate
-from ds2.config import ConfigError, check, option, parse_floats, parse_strs, show_floats, show_strs
+from ds2.config import ConfigError, check, check_ranges, option, parse_floats, parse_strs, show_floats, show_strs
 from ds2.data import read_manifest, write_manifest
 from ds2.io import atomic_write
 from ds2.prepare import FileTree
@@ -73,8 +73,7 @@ class NoiseOptions:
         unknown = sorted(set(self.kinds) - set(GENERATED_KINDS))
         if unknown:
             raise ConfigError(f"--kinds: unknown {', '.join(unknown)}; known: {', '.join(GENERATED_KINDS)}")
-        if len(self.babble_speakers) != 2 or self.babble_speakers[0] > self.babble_speakers[1]:
-            raise ConfigError(f"--babble-speakers: give FEWEST,MOST, got {show_floats(self.babble_speakers)}")
+        check_ranges(self, "babble_speakers")
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,7 @@ class RirOptions:
 
     def __post_init__(self):
         check(self)
-        if len(self.rt60) != 2 or self.rt60[0] > self.rt60[1]:
-            raise ConfigError(f"--rt60: give LOW,HIGH with LOW <= HIGH, got {show_floats(self.rt60)}")
+        check_ranges(self, "rt60")
 
 
 # --------------------------------------------------------------------------- generated noise
