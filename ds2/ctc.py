@@ -256,6 +256,10 @@ def _reduce(losses: torch.Tensor, target_lengths: torch.Tensor, reduction: str) 
 
 
 def _torch_ctc_loss(logits, targets, input_lengths, target_lengths, blank, reduction, zero_infinity):
+    # Padded frames are set to 0 before the softmax: the softmax backward mixes all of a frame's
+    # scores, so a NaN or inf there would give NaN where the gradient must be zero.
+    frames = torch.arange(logits.shape[1], device=logits.device) < input_lengths.to(logits.device)[:, None]  # B x T
+    logits = torch.where(frames[..., None], logits, 0)
     log_probs = F.log_softmax(logits.to(_float_dtype(logits)), dim=-1).transpose(0, 1)  # T x B x V
     return F.ctc_loss(
         log_probs, targets, input_lengths, target_lengths,

@@ -176,14 +176,16 @@ def test_nan_scores_give_a_nan_loss_and_leave_the_others_alone(backend):
     assert_agrees((loss[[0, 2]], grad[[0, 2]]), expected)
 
 
-def test_padded_frames_are_ignored_and_get_zero_gradient(backend):
+@pytest.mark.parametrize("padding", [1e4, math.nan, -math.inf], ids=["huge", "nan", "-inf"])
+def test_padded_frames_are_ignored_and_get_zero_gradient(backend, padding):
     logits, targets, input_lengths, target_lengths = _random_case(7, 4, 20, 5, 7)
     polluted = logits.clone()
     for b, n in enumerate(input_lengths.tolist()):
-        polluted[b, n:] = 1e4  # huge scores past the end must not matter
+        polluted[b, n:] = padding  # whatever lies past the end must not matter
     loss, grad = _run(backend, polluted, targets, input_lengths, target_lengths)
-    clean_loss, _ = _run(backend, logits, targets, input_lengths, target_lengths)
+    clean_loss, clean_grad = _run(backend, logits, targets, input_lengths, target_lengths)
     torch.testing.assert_close(loss, clean_loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, clean_grad, rtol=1e-12, atol=0)  # zero past the end, as before inside
     for b, n in enumerate(input_lengths.tolist()):
         assert torch.all(grad[b, n:] == 0)
 
