@@ -9,15 +9,26 @@ mean and variance taken over the minibatch and every unpadded time step. BN(W x)
 map of W x with per-unit scale s and shift b, so it equals (diag(s) W) x + b: we fold s and b
 into the input weights handed to PyTorch's fused RNN kernels (cuDNN on GPU, the precomputed
 input GEMM on CPU), which keeps the recurrence on the fast path. At inference the fold uses
-the running averages and costs nothing. The backward direction of a bidirectional layer runs
-the same fused kernel over each sequence reversed within its own length, so padding never
-enters a real time step.
+the running averages, so it is built once and reused. Both directions of a bidirectional
+layer run in one kernel call over the padded batch; a padding-flag input column saturates a
+gate at padded steps, so padding never enters a real time step (see RecurrentLayer).
+
+Mixed precision: under torch.autocast the batch statistics and running averages stay float32
+and the normalized activations keep the autocast dtype.
+
+Padding and the GPU: padded frames may hold anything (NaN included); they are replaced with
+torch.where, never multiplied by a mask, so they reach no output or gradient of a real frame.
+Batch statistics are masked sums, not gathers of the valid values. The forward and backward
+read no value back to the host (no .item(), int(), bool(tensor), nonzero or boolean
+indexing), so on a GPU nothing waits for the device; tests/test_model.py checks the ops on the
+CPU (where torch.cuda.set_sync_debug_mode cannot see anything) and with that mode on a GPU.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache, partial
 
 import torch
 from torch import nn
@@ -32,7 +43,12 @@ DS2_CONV_CHANNELS = (32, 32, 96)
 DS2_CONV_KERNELS = ((41, 11), (21, 11), (21, 11))
 DS2_CONV_STRIDES = ((2, 2), (2, 1), (2, 1))
 
+# A gate pre-activation this large saturates exactly (sigmoid to 1.0, ReLU of its negative to 0)
+# in float16 to float64, and it is still a finite float16 (at most 65504).
+PADDING_GATE = 1e4
+
 _VF_RNN = {"gru": torch._VF.gru, "rnn": torch._VF.rnn_relu}
+_TEMPLATE_RNN = {"gru": nn.GRU, "rnn": partial(nn.RNN, nonlinearity="relu")}
 _GATES = {"gru": 3, "rnn": 1}
 
 
@@ -92,12 +108,29 @@ def time_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return steps[None, :] < lengths[:, None]
 
 
-class SequenceBatchNorm(nn.Module):
-    """Batch normalization whose statistics come only from the values it is given.
+def sums_and_squares(values: torch.Tensor, dims: int | tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and sum of squares of ``values`` over ``dims``, in float32 (float64 stays float64).
 
-    The caller passes the unpadded values, shape = (n_values, n_features), so padding
-    never enters the mean or the variance. Returns the per-feature (scale, shift) with
-    BN(y) = scale * y + shift, so callers can fold it into a linear map.
+    Reductions only: no masked, squared or float32 copy of ``values`` is made (on the GPU,
+    float16 and bfloat16 are read as they are and accumulated in float32). Autocast is held
+    off because it would cast the whole tensor to float32 before summing it.
+    """
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    with torch.autocast(values.device.type, enabled=False):
+        total = values.sum(dims, dtype=dtype)
+        squares = torch.linalg.vector_norm(values, dim=dims, dtype=dtype).square()
+    return total, squares
+
+
+class SequenceBatchNorm(nn.Module):
+    """Batch normalization whose statistics come only from unpadded values.
+
+    In training the caller passes, per feature, the number of unpadded values and their sum
+    and sum of squares (:func:`sums_and_squares` over padding that is masked or exactly zero),
+    so padding never enters the mean or the variance and no copy of the valid values is
+    gathered. The statistics and running averages are float32 (float64 in a float64 model)
+    whatever the activations' dtype, e.g. bfloat16 under autocast. Returns the per-feature
+    (scale, shift) with BN(y) = scale * y + shift, so callers can fold it into a linear map.
     """
 
     def __init__(self, n_features: int, momentum: float = 0.1, eps: float = 1e-5):
@@ -109,16 +142,21 @@ class SequenceBatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(n_features))
         self.register_buffer("running_var", torch.ones(n_features))
 
-    def scale_shift(self, values: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def scale_shift(
+        self, count: torch.Tensor | None = None, total: torch.Tensor | None = None, squares: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """count: shape = (), total and squares: shape = (n_features,); only read in training."""
         if self.training:
-            if values is None or values.shape[0] < 2:
-                raise ValueError("batch norm needs at least two values per feature in training")
-            mean = values.mean(dim=0)
-            var = values.var(dim=0, unbiased=False)
+            if count is None:
+                raise ValueError("batch norm in training needs the batch's count, sum and sum of squares")
+            count = count.to(total.dtype)  # stays a tensor: reading it as a number would wait for the GPU
+            mean = total / count.clamp(min=1)
+            var = (squares / count.clamp(min=1) - mean.square()).clamp(min=0)
             with torch.no_grad():
-                n = values.shape[0]
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)
+                momentum = (count > 0).to(self.running_mean.dtype) * self.momentum  # no values: keep the averages
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                unbiased = var * count / (count - 1).clamp(min=1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
         else:
             mean, var = self.running_mean, self.running_var
         scale = self.weight * torch.rsqrt(var + self.eps)
@@ -139,14 +177,22 @@ class ConvBlock(nn.Module):
         return torch.div(lengths + 2 * pad - kernel, stride, rounding_mode="floor") + 1
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: shape = (B, C_in, F, T), zero at padded frames. Returns the output, shape =
+        (B, C_out, F', T'), zero at padded frames, and the output lengths, shape = (B,)."""
         x = self.conv(x)  # B x C x F x T
         lengths = self.output_lengths(lengths)
-        mask = time_mask(lengths, x.shape[-1])  # B x T
+        mask = time_mask(lengths, x.shape[-1])[:, None, None, :]  # B x 1 x 1 x T
         if self.norm is not None:
-            valid = x.permute(0, 3, 2, 1)[mask]  # N_valid x F x C
-            scale, shift = self.norm.scale_shift(valid.reshape(-1, valid.shape[-1]) if self.training else None)
-            x = x * scale[:, None, None] + shift[:, None, None]
-        x = clipped_relu(x) * mask[:, None, None, :]
+            sums = ()
+            if self.training:
+                # Sum over frequency first (the mask does not depend on it), then keep real frames.
+                per_frame = sums_and_squares(x, 2)  # B x C x T each
+                total, squares = (torch.where(mask[:, :, 0], s, 0).sum((0, 2)) for s in per_frame)
+                sums = (lengths.sum() * x.shape[2], total, squares)
+            scale, shift = self.norm.scale_shift(*sums)
+            # computed in float32, returned in the activations' dtype
+            x = torch.addcmul(shift[:, None, None], x, scale[:, None, None]).to(x.dtype)
+        x = torch.where(mask, clipped_relu(x), 0)
         return x, lengths
 
 
@@ -155,12 +201,17 @@ class RecurrentLayer(nn.Module):
 
     h[t] = f(BN(W x[t]) + U h[t-1]); BN is folded into W (see module docstring).
     Input and output are time-major and padded: x shape = (T, B, input_size),
-    output shape = (T, B, hidden_size) with the two directions summed.
+    output shape = (T, B, hidden_size) with the two directions summed, zero at padded steps.
+    Both directions run in one call of PyTorch's fused kernel (cuDNN's bidirectional mode
+    on the GPU) over the padded batch: the input gets a padding-flag column whose weight
+    saturates a gate at padded steps (GRU: update gate 1, so h[t] = h[t+1]; ReLU RNN: 0),
+    so the backward direction holds h = 0 exactly until a sequence's last real step.
     """
 
     def __init__(self, input_size: int, hidden_size: int, rnn_type: str, bidirectional: bool, batch_norm: bool):
         super().__init__()
         self.rnn_type = rnn_type
+        self.input_size = input_size
         self.hidden_size = hidden_size
         self.n_directions = 2 if bidirectional else 1
         gated = _GATES[rnn_type] * hidden_size
@@ -174,43 +225,133 @@ class RecurrentLayer(nn.Module):
         else:
             self.norm = None
             self.bias_ih = nn.Parameter(torch.empty(self.n_directions * gated).uniform_(-bound, bound))
+        # The flag column, then zeros up to a multiple of 8 columns (tensor cores' alignment).
+        # Constants, not state: left out of the state_dict, so checkpoints are unchanged.
+        kernel_input = (input_size + 1 + 7) // 8 * 8
+        padding_input = torch.zeros(kernel_input)
+        padding_input[input_size] = 1.0
+        padding_weight = torch.zeros(self.n_directions, gated, kernel_input - input_size)
+        if rnn_type == "gru":  # gates r, z, n: z = sigmoid(big) = 1
+            padding_weight[:, hidden_size : 2 * hidden_size, 0] = PADDING_GATE
+        else:  # relu(-big) = 0
+            padding_weight[:, :, 0] = -PADDING_GATE
+        self.register_buffer("padding_input", padding_input, persistent=False)
+        self.register_buffer("padding_weight", padding_weight, persistent=False)
+        self._inference_weights = None  # (key, weights): see kernel_weights
 
-    def input_weights(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The input-to-hidden weight and bias with BN folded in, both directions stacked."""
+    def folded_input_weights(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input-to-hidden weight, shape = (directions, G*H, input_size), and bias, shape =
+        (directions, G*H), with BN folded in; x (training only): exactly zero at padded steps."""
+        weight_ih = self.weight_ih.view(self.n_directions, -1, self.input_size)
         if self.norm is None:
-            return self.weight_ih, self.bias_ih
-        products = x[mask] @ self.weight_ih.t() if self.training else None  # N_valid x dirs*G*H
-        scale, shift = self.norm.scale_shift(products)
-        return self.weight_ih * scale[:, None], shift
+            return weight_ih, self.bias_ih.view(self.n_directions, -1)
+        sums = ()
+        if self.training:
+            products = x @ self.weight_ih.t()  # T x B x dirs*G*H, exactly zero at padded steps
+            sums = (lengths.sum(), *sums_and_squares(products, (0, 1)))
+        scale, shift = self.norm.scale_shift(*sums)
+        return weight_ih * scale.view(self.n_directions, -1, 1), shift.view(self.n_directions, -1)
+
+    def kernel_weights(self, x: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """What the fused kernel runs with: [w_ih, w_hh, b_ih, b_hh] per direction, BN folded
+        into w_ih and b_ih, the padding-flag columns appended to w_ih, in the kernel's dtype,
+        and on the GPU views of one buffer in cuDNN's layout (see :func:`flat_views`).
+
+        x: shape = (T, B, input_size), exactly zero at padded steps; its statistics are used
+        in training, so there the weights are new at every step. In inference they depend only
+        on parameters and running averages: they are built once and reused until one of those
+        changes (an optimizer step, load_state_dict, a move to another device or dtype).
+        """
+        dtype = _kernel_dtype(x)
+        key = self._inference_key(dtype) if not (self.training or torch.is_grad_enabled()) else None
+        if key is not None and self._inference_weights is not None and self._inference_weights[0] == key:
+            return self._inference_weights[1]
+        weight_ih, bias_ih = self.folded_input_weights(x, lengths)
+        weight_ih = torch.cat([weight_ih, self.padding_weight.to(weight_ih.dtype)], dim=2)
+        weights = [
+            w.to(dtype)
+            for direction in range(self.n_directions)
+            for w in (weight_ih[direction], self.weight_hh[direction], bias_ih[direction], self.bias_hh[direction])
+        ]
+        if x.is_cuda:
+            layout = _cudnn_layout(self.rnn_type, weight_ih.shape[2], self.hidden_size, self.n_directions == 2, x.device, dtype)
+            if layout is not None:
+                weights = flat_views(weights, *layout)
+        if key is not None:
+            self._inference_weights = (key, weights)
+        return weights
+
+    def _inference_key(self, dtype: torch.dtype) -> tuple | None:
+        """Identifies the parameters and running averages as they are now (None: do not cache)."""
+        sources = [self.weight_ih, self.weight_hh, self.bias_hh]
+        sources += [self.bias_ih] if self.norm is None else [*self.norm.parameters(), *self.norm.buffers()]
+        if any(t.is_inference() for t in sources):  # they have no version counter
+            return None
+        return dtype, tuple((t.device, t.data_ptr(), t._version) for t in sources)
+
+    def _apply(self, fn, recurse=True):
+        self._inference_weights = None  # .to(), .half(), ...: rebuild from the converted parameters
+        return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # x: T x B x D; mask: T x B (True where t < length)
-        weight_ih, bias_ih = self.input_weights(x, mask)
-        weight_ih = weight_ih.view(self.n_directions, -1, x.shape[-1])
-        bias_ih = bias_ih.view(self.n_directions, -1)
-        hidden0 = x.new_zeros(1, x.shape[1], self.hidden_size)
-        output = None
-        for direction in range(self.n_directions):
-            inputs = x if direction == 0 else reverse_padded(x, lengths)
-            weights = [weight_ih[direction], self.weight_hh[direction], bias_ih[direction], self.bias_hh[direction]]
-            out, _ = _VF_RNN[self.rnn_type](inputs, hidden0, weights, True, 1, 0.0, self.training, False, False)
-            if direction == 1:
-                out = reverse_padded(out, lengths)
-            output = out if output is None else output + out  # T x B x H
-        return output
+        """x: shape = (T, B, input_size); lengths: shape = (B,); mask: shape = (T, B), True
+        where t < length. Padding may hold anything (NaN included): it is replaced here."""
+        batch = x.shape[1]
+        padded = nn.functional.pad(x, (0, self.padding_input.shape[0] - self.input_size))
+        inputs = torch.where(mask[..., None], padded, self.padding_input.to(x.dtype))  # T x B x D', padding flagged
+        weights = self.kernel_weights(inputs[..., : self.input_size], lengths)
+        dtype = weights[0].dtype
+        hidden0 = inputs.new_zeros(self.n_directions, batch, self.hidden_size, dtype=dtype)
+        bidirectional = self.n_directions == 2
+        out, _ = _VF_RNN[self.rnn_type](inputs.to(dtype), hidden0, weights, True, 1, 0.0, self.training, bidirectional, False)
+        out = out.unflatten(-1, (self.n_directions, self.hidden_size)).sum(-2)  # T x B x H
+        return torch.where(mask[..., None], out, 0)
 
 
-def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Reverse each sequence of a time-major padded batch within its own length.
+def _kernel_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the recurrent kernel runs in.
 
-    x shape = (T, B, ...); padding stays at the end, so a forward pass over the result
-    sees each sequence's last real frame first and padding only after its first frame.
+    Under CUDA autocast, PyTorch runs cuDNN RNNs in float16 whatever the autocast dtype
+    (aten/src/ATen/cudnn/AutocastRNN.cpp), and bfloat16 inputs are not cuDNN-acceptable at
+    all; weights made float16 here leave autocast nothing to cast and re-flatten.
     """
-    steps = torch.arange(x.shape[0], device=x.device)[:, None]  # T x 1
-    lengths = lengths.to(x.device)[None, :]  # 1 x B
-    index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # T x B
-    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
-    return x.gather(0, index)
+    if x.is_cuda and torch.is_autocast_enabled("cuda"):
+        return torch.float16
+    return x.dtype
+
+
+@lru_cache(maxsize=None)
+def _cudnn_layout(rnn_type: str, input_size: int, hidden_size: int, bidirectional: bool,
+                  device: torch.device, dtype: torch.dtype) -> tuple[tuple[int, ...], int] | None:
+    """Where cuDNN wants each weight in its flat buffer: (offsets, size), or None.
+
+    Learnt once per shape from an nn.GRU / nn.RNN built on the device, whose parameters
+    PyTorch flattens into cuDNN's layout; None where it does not (cuDNN off or unusable).
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        template = _TEMPLATE_RNN[rnn_type](input_size, hidden_size, bidirectional=bidirectional, device=device, dtype=dtype)
+    weights = [w for layer in template.all_weights for w in layer]
+    storage = weights[0].untyped_storage()
+    if any(w.untyped_storage().data_ptr() != storage.data_ptr() for w in weights):
+        return None
+    return tuple(w.storage_offset() for w in weights), storage.nbytes() // weights[0].element_size()
+
+
+def flat_views(weights: list[torch.Tensor], offsets: tuple[int, ...], size: int) -> list[torch.Tensor]:
+    """``weights`` copied into one buffer of ``size`` elements at ``offsets`` (elements; gaps
+    are zero), returned as views of it; differentiable.
+
+    cuDNN takes a weight list as it is only when its tensors are views of one buffer at the
+    offsets it expects (PyTorch's try_get_weight_buf); any other list it copies into a new
+    buffer at every call, warns that the weights "are not part of single contiguous chunk
+    of memory", and keeps the copy for the backward.
+    """
+    pieces, end = [], 0
+    for offset, weight in sorted(zip(offsets, weights), key=lambda pair: pair[0]):
+        pieces += [weight.new_zeros(offset - end), weight.reshape(-1)]
+        end = offset + weight.numel()
+    flat = torch.cat(pieces + [weights[0].new_zeros(size - end)])
+    return [flat[offset : offset + weight.numel()].view_as(weight) for offset, weight in zip(offsets, weights)]
 
 
 class RowConvolution(nn.Module):
@@ -266,20 +407,22 @@ class DeepSpeech2(nn.Module):
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        features: shape = (B, N_FREQ, T), zero-padded beyond ``lengths``
+        features: shape = (B, N_FREQ, T); frames beyond ``lengths`` are ignored (zeroed here)
         lengths: shape = (B,), int64 frame counts
         Returns logits, shape = (B, T', n_outputs), and output lengths, shape = (B,).
         """
-        x = features.unsqueeze(1)  # B x 1 x F x T
+        lengths = lengths.to(features.device)
+        frames = time_mask(lengths, features.shape[-1])  # B x T
+        x = torch.where(frames[:, None, :], features, 0).unsqueeze(1)  # B x 1 x F x T
         for block in self.convs:
             x, lengths = block(x, lengths)  # B x C x F' x T'
         batch, channels, n_freq, n_steps = x.shape
         x = x.permute(3, 0, 1, 2).reshape(n_steps, batch, channels * n_freq)  # T' x B x C*F'
         mask = time_mask(lengths, n_steps).t()  # T' x B
         for rnn in self.rnns:
-            x = rnn(x, lengths, mask)  # T' x B x H
+            x = rnn(x, lengths, mask)  # T' x B x H, zero at padded steps
         if self.row_conv is not None:
-            x = clipped_relu(self.row_conv(x * mask[..., None]))
+            x = clipped_relu(self.row_conv(x))
         x = clipped_relu(self.fc(x))  # T' x B x fc_hidden
         logits = self.output(x).transpose(0, 1)  # B x T' x n_outputs
         return logits, lengths

@@ -10,14 +10,16 @@ from ds2 import checkpoint
 from ds2.checkpoint import load_checkpoint, load_model, migrate, save_checkpoint
 from ds2.decode import greedy_decode
 from ds2.features import FEATURES
-from ds2.model import DeepSpeech2, ModelConfig
+from ds2.model import DeepSpeech2, ModelConfig, time_mask
 from ds2.text import Alphabet
 
 DATA = Path(__file__).parent / "data"
 # checkpoint_v1.pt was written by ds2 at commit 6a9d433 (train.save_checkpoint, format 1:
 # no "format" field, training entries at the top level): a 1-conv, 1-BiGRU model after
-# three SGD steps. checkpoint_v1_expected.pt holds probe features and the logits and
-# greedy texts that code gave for them.
+# three SGD steps. checkpoint_v1_expected.pt holds zero-padded probe features and the logits
+# and greedy texts that the model code before the fused-bidirectional change (9600c64, which
+# still gave 6a9d433's logits bit for bit) gave for them. The probe's padding used to hold
+# random values, which that code let into the last real frames; the model now ignores padding.
 V1 = DATA / "checkpoint_v1.pt"
 V1_EXPECTED = DATA / "checkpoint_v1_expected.pt"
 
@@ -30,7 +32,9 @@ def test_a_version_1_checkpoint_loads_and_decodes_exactly_as_before():
     with torch.no_grad():
         logits, lengths = model(expected["features"], expected["lengths"])
     assert torch.equal(lengths, expected["output_lengths"])
-    assert torch.equal(logits, expected["logits"])
+    real = time_mask(lengths, logits.shape[1])  # logits at padded steps mean nothing (and differ)
+    # float32 rounding only: batch statistics are masked sums now, both directions one kernel call
+    torch.testing.assert_close(logits[real], expected["logits"][real], rtol=1e-5, atol=1e-6)
     assert greedy_decode(logits, lengths, alphabet) == expected["texts"]
 
 
