@@ -13,9 +13,11 @@ Columns:
   loader worker.
 - train steps/s, audio s/s: `ds2 train` of the tiny recipe's model (2 conv, 2 x 256 GRU,
   batch 16, Adam) with one loader worker (as the recipe runs), --steps steps from a fresh
-  start (SortaGrad order: the shortest utterances first, where loading weighs most), timed
-  from the end of the first optimizer step to the end of the last (start-up excluded, the
-  waits for the loader included). Audio seconds count the augmented audio.
+  start, timed from the end of the first optimizer step to the end of the last (start-up
+  excluded, the waits for the loader included). Audio seconds count the augmented audio.
+  Two orders: "sorted" is SortaGrad's first epoch (the shortest utterances first, where
+  loading weighs most against the model's work), "shuffled" the batches of a later epoch
+  (a sample of the whole corpus: what an epoch costs on average).
 - ratio: augmented / clean of the same column. Target (issue 11): training steps/s >= 0.90.
 """
 
@@ -53,7 +55,8 @@ def loader_speed(manifest: str, augment: AugmentOptions | None, limit: int) -> f
     return n / (time.perf_counter() - start)
 
 
-def train_speed(manifest: str, dev: str, augment: AugmentOptions, steps: int, out: Path) -> tuple[float, float]:
+def train_speed(manifest: str, dev: str, augment: AugmentOptions, steps: int, out: Path,
+                sortagrad: bool = True) -> tuple[float, float]:
     """(steps/s, audio s/s) from the end of the first step to the end of the last: the
     loader's waits are in, start-up is out."""
     marks = []  # (time at the end of a step, audio seconds of its batch)
@@ -66,7 +69,7 @@ def train_speed(manifest: str, dev: str, augment: AugmentOptions, steps: int, ou
 
     config = TrainConfig(train_manifest=manifest, dev_manifest=dev, out_dir=str(out), epochs=50, batch_size=16,
                          optimizer="adam", lr=2e-3, num_workers=1, progress=False, checkpoint_every=0,
-                         max_steps=steps, model=RECIPE_MODEL, augment=augment)
+                         max_steps=steps, model=RECIPE_MODEL, augment=augment, sortagrad=sortagrad)
     ds2_train.train_step = timed_step
     try:
         train(config)
@@ -94,22 +97,27 @@ def main() -> None:
         augmented = AugmentOptions(noise=str(noise["train"]), noise_prob=0.4, rir=str(rirs["train"]), reverb_prob=0.2,
                                    speed_prob=0.3, gain_prob=0.3)
         configs = {"clean": AugmentOptions(), "augmented": augmented}
-        results = {name: {"loader": [], "steps": [], "audio": []} for name in configs}
+        loader = {name: [] for name in configs}
+        speed = {(name, order): [] for order in ("sorted", "shuffled") for name in configs}  # [(steps/s, audio s/s)]
         for repeat in range(args.repeats):
             for name, options in configs.items():
-                results[name]["loader"].append(loader_speed(args.manifest, options if options.active else None,
-                                                            args.loader_utterances))
-                steps, audio_speed = train_speed(args.manifest, args.dev or args.manifest, options, args.steps,
-                                                 tmp / f"{name}{repeat}")
-                results[name]["steps"].append(steps)
-                results[name]["audio"].append(audio_speed)
+                loader[name].append(loader_speed(args.manifest, options if options.active else None,
+                                                 args.loader_utterances))
+            for order in ("sorted", "shuffled"):
+                for name, options in configs.items():
+                    speed[name, order].append(train_speed(args.manifest, args.dev or args.manifest, options, args.steps,
+                                                          tmp / f"{name}-{order}{repeat}", order == "sorted"))
     print(f"augmented: {augmented}")
-    print(f"{'config':<10} {'loader utt/s':>13} {'ratio':>6} {'train steps/s':>14} {'audio s/s':>10} {'ratio':>6}")
-    base = {key: statistics.median(values) for key, values in results["clean"].items()}
-    for name in configs:
-        med = {key: statistics.median(values) for key, values in results[name].items()}
-        print(f"{name:<10} {med['loader']:>13.1f} {med['loader'] / base['loader']:>6.2f} {med['steps']:>14.3f} "
-              f"{med['audio']:>10.1f} {med['steps'] / base['steps']:>6.2f}")
+    base_loader = statistics.median(loader["clean"])
+    print(f"{'config':<10} {'loader utt/s':>13} {'ratio':>6}  {'order':<9} {'train steps/s':>14} {'audio s/s':>10} {'ratio':>6}")
+    for order in ("sorted", "shuffled"):
+        base = statistics.median(s for s, _ in speed["clean", order])
+        for name in configs:
+            steps = statistics.median(s for s, _ in speed[name, order])
+            audio_speed = statistics.median(a for _, a in speed[name, order])
+            utts = statistics.median(loader[name])
+            print(f"{name:<10} {utts:>13.1f} {utts / base_loader:>6.2f}  {order:<9} {steps:>14.3f} {audio_speed:>10.1f} "
+                  f"{steps / base:>6.2f}")
 
 
 if __name__ == "__main__":

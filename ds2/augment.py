@@ -7,8 +7,12 @@ utterance, and found the model then holds up in noise at little cost on clean sp
         --rir data/rirs/train.json --reverb-prob 0.2 --speed-prob 0.3
 
 Every utterance draws its augmentations from a generator seeded by (run seed, epoch,
-utterance index) and nothing else: which worker reads it, the batch it lands in and whether
-the run was interrupted and resumed change nothing (tests/test_augment.py).
+utterance index) and nothing else: which worker reads it and whether the run was interrupted
+and resumed change nothing (tests/test_augment.py). In training, the speed is drawn once per
+batch (seeded by the epoch and the batch's first utterance; batches are the same in every
+run of a seed): utterances of one batch have similar lengths, and a speed drawn for each of
+them would stretch a few and the batch's padding with them (about 9 % more frames to compute
+at --speed-prob 0.3 and batch 16).
 
 Noise and impulse responses come from manifests (JSON lines with ``audio_filepath`` and
 ``duration``; :mod:`ds2.noise` makes them). A noise file of any length is read at a random
@@ -53,6 +57,8 @@ class AugmentOptions:
     time_masks: int = option(2, "SpecAugment: time masks per utterance.", min=0)
     time_width: float = option(0.05, "SpecAugment: widest time mask, as a share of the utterance.", above=0, max=1)
     specaugment_prob: float = option(0.0, "Share of utterances with SpecAugment masks (not in DS2).", min=0, max=1)
+    augment_from_epoch: int = option(1, "First epoch (from 1) that is augmented; the ones before are clean, so that "
+                              "SortaGrad's easy first epoch stays easy.", min=1)
 
     def __post_init__(self):
         check(self)
@@ -177,8 +183,20 @@ class Augmenter:
         or resumed run."""
         return np.random.default_rng([seed & 0xFFFFFFFF, epoch, index])
 
-    def waveform(self, waveform: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, list[str]]:
-        """The augmented waveform and notes on clips that could not be used.
+    def applies(self, epoch: int) -> bool:
+        """Whether training epoch ``epoch`` (from 0) is augmented (``--augment-from-epoch`` counts from 1)."""
+        return epoch + 1 >= self.options.augment_from_epoch
+
+    @staticmethod
+    def batch_generator(seed: int, epoch: int, first_index: int) -> np.random.Generator:
+        """The generator of the batch-wide draws (speed) of the batch that starts with
+        utterance ``first_index``; a stream apart from the utterances' own."""
+        return np.random.default_rng([seed & 0xFFFFFFFF, epoch, first_index, 1])
+
+    def waveform(self, waveform: torch.Tensor, rng: np.random.Generator,
+                 batch_rng: np.random.Generator | None = None) -> tuple[torch.Tensor, list[str]]:
+        """The augmented waveform and notes on clips that could not be used. With
+        ``batch_rng`` (shared by the utterances of one batch) the speed comes from it.
 
         The decisions are drawn in a fixed order, every one of them whether or not it applies,
         so that changing one probability does not reshuffle the other augmentations.
@@ -189,6 +207,9 @@ class Augmenter:
         gain = float(rng.uniform(*o.gain_db))
         snr = float(rng.uniform(*o.snr))
         n_clips = int(rng.integers(1, o.noise_clips + 1))
+        if batch_rng is not None:
+            draws[0] = batch_rng.random()
+            speed = o.speed[int(batch_rng.integers(len(o.speed)))]
         if draws[0] < o.speed_prob:
             waveform = change_speed(waveform, speed)
         samples = waveform.numpy().astype(np.float32)

@@ -131,8 +131,9 @@ class SpeechDataset(torch.utils.data.Dataset):
     ``Batch.failures`` and the trainer counts it), so one bad file never stops training.
 
     With an ``augmenter`` (:class:`ds2.augment.Augmenter`), items are asked for as
-    ``(index, epoch)`` (:func:`make_loader` does this) and each utterance is augmented with a
-    generator seeded by (``seed``, epoch, index) alone.
+    ``(index, epoch)`` or ``(index, epoch, first index of the batch)`` (:func:`make_loader`
+    does this) and each utterance is augmented with a generator seeded by (``seed``, epoch,
+    index), its speed by (``seed``, epoch, first index) when that is given.
     """
 
     def __init__(
@@ -176,8 +177,8 @@ class SpeechDataset(torch.utils.data.Dataset):
     def durations(self) -> list[float]:
         return [record["duration"] for record in self.records]
 
-    def __getitem__(self, item: int | tuple[int, int]) -> Example | tuple[int, str]:
-        index, epoch = item if isinstance(item, tuple) else (item, None)
+    def __getitem__(self, item: int | tuple[int, ...]) -> Example | tuple[int, str]:
+        index, epoch, first = (tuple(item) + (None,))[:3] if isinstance(item, tuple) else (item, None, None)
         record = self.records[index]
         try:
             waveform = audio.load_audio(
@@ -188,9 +189,10 @@ class SpeechDataset(torch.utils.data.Dataset):
         except audio.AudioError as err:
             return index, f"{self.manifest}:{record['line']}: {err}"
         notes: list[str] = []
-        if self.augmenter is not None and epoch is not None:
+        if self.augmenter is not None and epoch is not None and self.augmenter.applies(epoch):
             rng = self.augmenter.generator(self.seed, epoch, index)
-            waveform, notes = self.augmenter.waveform(waveform, rng)
+            batch_rng = None if first is None else self.augmenter.batch_generator(self.seed, epoch, first)
+            waveform, notes = self.augmenter.waveform(waveform, rng, batch_rng)
             features = self.augmenter.features(spectrogram(waveform), rng)
         else:
             features = spectrogram(waveform)
@@ -291,7 +293,7 @@ def make_loader(dataset: SpeechDataset, batches: list[list[int]], num_workers: i
     objects, read by ``num_workers`` forked processes (0: in this process). ``epoch`` (of
     training) seeds the augmentation of a dataset that has an augmenter."""
     if epoch is not None and dataset.augmenter is not None:
-        batches = [[(index, epoch) for index in batch] for batch in batches]
+        batches = [[(index, epoch, batch[0]) for index in batch] for batch in batches]
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batches,

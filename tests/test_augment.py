@@ -153,7 +153,34 @@ def test_each_utterance_gets_the_same_augmentation_in_any_batch_or_worker(corpus
     clean = SpeechDataset(corpus["train"], Alphabet())
     assert sum(not torch.equal(a, clean[i].features) for i, a in enumerate(first)) >= 2
     loaded = [b for b in make_loader(one, [[0, 1], [2, 3]], num_workers=1, epoch=2)]  # a forked worker
-    assert torch.equal(loaded[1].features[0, :, : first[2].shape[1]], first[2])
+    in_batch = one[(2, 2, 2)].features  # the speed drawn for the batch that starts with utterance 2
+    assert torch.equal(loaded[1].features[0, :, : in_batch.shape[1]], in_batch)
+
+
+def test_the_utterances_of_a_batch_share_one_speed(corpus):
+    options = AugmentOptions(speed=(0.8, 1.25), speed_prob=1.0)
+    dataset = SpeechDataset(corpus["train"], Alphabet(), augmenter=Augmenter(options))
+    clean = SpeechDataset(corpus["train"], Alphabet())
+    batches = [[0, 1, 2, 3], [4, 5, 6, 7]]
+    factors = set()
+    for epoch in range(4):
+        for batch, loaded in zip(batches, make_loader(dataset, batches, num_workers=0, epoch=epoch)):
+            ratios = [clean[i].features.shape[1] / int(n) for i, n in zip(batch, loaded.feature_lengths)]
+            assert max(ratios) - min(ratios) < 0.02, ratios  # one factor for the whole batch
+            factor = min(options.speed, key=lambda f: abs(f - ratios[0]))
+            assert abs(factor - ratios[0]) < 0.03, ratios
+            factors.add(factor)
+    assert factors == {0.8, 1.25}  # both drawn over the epochs
+
+
+def test_epochs_before_augment_from_epoch_are_clean(corpus):
+    options = AugmentOptions(noise=str(corpus["noise"]), noise_prob=1.0, augment_from_epoch=2)
+    dataset = SpeechDataset(corpus["train"], Alphabet(), augmenter=Augmenter(options))
+    clean = SpeechDataset(corpus["train"], Alphabet())
+    first, second = (next(iter(make_loader(dataset, [[0, 1]], num_workers=0, epoch=e))) for e in (0, 1))
+    reference = next(iter(make_loader(clean, [[0, 1]], num_workers=0)))
+    assert torch.equal(first.features, reference.features)
+    assert not torch.equal(second.features, reference.features)
 
 
 def _config(corpus, out_dir, **overrides) -> TrainConfig:

@@ -5,10 +5,13 @@
 #   bash recipes/tiny/run.sh --stage 3 --stop-stage 3 # only training
 #   bash recipes/tiny/run.sh --stage 3 --exp /path/exp_aug --augment "--noise data/noise/train.json"
 #                                                     # another model on the same corpus (recipes/noisy)
+#   bash recipes/tiny/run.sh --data data_all --exp exp_all --engines espeak,flite,festival
+#                                                     # a corpus of more synthesizers, its own model
 #
 # Stages (a marker file per finished stage, so a rerun skips what is done; delete
 # recipes/tiny/exp to retrain, recipes/tiny/data too to start over):
-#   1  synthesize the corpus with eSpeak NG (grammar sentences, several voices)
+#   1  synthesize the corpus with eSpeak NG (grammar sentences, several voices; --engines adds
+#      flite's and festival's voices where installed)
 #   2  manifests: check every file and transcript (bad ones -> *.rejects.json)
 #   3  train a DS2 model (conv + BatchNorm-GRU, CTC)
 #   4  greedy-decode dev and test (saving the acoustic model's log-probs)
@@ -27,9 +30,11 @@ seed=0
 epochs=3
 threads=0 # torch CPU threads (0: all cores)
 exp=exp
+engines=espeak # synthesizers of the corpus (ds2 prepare synth --engines)
+data=data # corpus folder (relative to recipes/tiny, or absolute)
 augment="" # extra `ds2 train` options, e.g. "--noise N.json --rir R.json" (paths relative to recipes/tiny)
 
-usage="Usage: $0 [--stage N] [--stop-stage N] [--n-train $n_train] [--n-dev $n_dev] [--n-test $n_test] [--seed $seed] [--epochs $epochs] [--exp $exp] [--augment \"DS2 TRAIN OPTIONS\"]"
+usage="Usage: $0 [--stage N] [--stop-stage N] [--n-train $n_train] [--n-dev $n_dev] [--n-test $n_test] [--seed $seed] [--epochs $epochs] [--threads $threads] [--exp $exp] [--data $data] [--engines $engines] [--augment \"DS2 TRAIN OPTIONS\"]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --stage) stage=$2; shift 2 ;;
@@ -39,7 +44,10 @@ while [ $# -gt 0 ]; do
     --n-test) n_test=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
     --exp) exp=$2; shift 2 ;;
+    --data) data=$2; shift 2 ;;
+    --engines) engines=$2; shift 2 ;;
     --augment) augment=$2; shift 2 ;;
     -h|--help) echo "$usage"; exit 0 ;;
     *) echo "unknown option $1"; echo "$usage"; exit 1 ;;
@@ -47,14 +55,13 @@ while [ $# -gt 0 ]; do
 done
 
 cd "$(dirname "$0")"
-data=data
 mkdir -p $data $exp
 done_marker() { if [ "$1" -le 2 ]; then echo "$data/.stage$1.done"; else echo "$exp/.stage$1.done"; fi; }
 source ../common.sh
 
 if run_stage 1; then
-  log "Stage 1: synthesize $n_train/$n_dev/$n_test utterances with eSpeak NG"
-  "$ds2" prepare synth $data/synth --n-train $n_train --n-dev $n_dev --n-test $n_test --seed $seed
+  log "Stage 1: synthesize $n_train/$n_dev/$n_test utterances ($engines)"
+  "$ds2" prepare synth $data/synth --n-train $n_train --n-dev $n_dev --n-test $n_test --seed $seed --engines $engines
   touch "$(done_marker 1)"
 fi
 
