@@ -44,13 +44,17 @@ app.add_typer(lm_app, name="lm")
 log = logging.getLogger("ds2")
 
 
-def _setup_logging(log_file: Path | None = None) -> None:
+def _setup_logging(log_file: Path | None = None, rank: int = 0) -> None:
+    """INFO to stderr and ``log_file``; under torchrun, ranks other than 0 write only their own
+    warnings, to stderr, marked with the rank (rank 0 logs the run and owns the file)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None:
+    if log_file is not None and rank == 0:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    marker = f"[rank {rank}] " if rank else ""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s {marker}%(levelname)s %(name)s: %(message)s", handlers=handlers, force=True,
     )
 
 
@@ -304,8 +308,11 @@ def train(
 ):
     """Train a DS2 model with CTC: SortaGrad, Nesterov SGD with gradient clipping and per-epoch
     annealing, best-on-dev checkpoint (best.pt), exact --resume from last.pt; online noise,
-    reverberation, speed, gain and SpecAugment augmentation (--noise, --rir, --*-prob)."""
+    reverberation, speed, gain and SpecAugment augmentation (--noise, --rir, --*-prob).
+    Data-parallel unchanged under `torchrun --nproc-per-node N -m ds2.cli train ...` (one rank
+    per GPU, or gloo on the CPU); --batch-size is then the minibatch of all ranks together."""
     from ds2.config import from_cli
+    from ds2.distributed import ranks_from_env
     from ds2.train import train as run
 
     model = from_cli(ModelConfig, options)
@@ -315,7 +322,7 @@ def train(
     if config.init and (alphabet or alphabet_from):
         raise ValueError("--init takes the checkpoint's alphabet: drop --alphabet/--alphabet-from")
     chosen_alphabet = None if config.resume or config.init else _alphabet(alphabet, alphabet_from)
-    _setup_logging(out_dir / "train.log")
+    _setup_logging(out_dir / "train.log", ranks_from_env().rank)
     run(config, chosen_alphabet)
 
 

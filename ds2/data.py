@@ -223,6 +223,12 @@ class Batch:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def pin_memory(self) -> "Batch":
+        """The batch with its tensors in page-locked memory (the DataLoader calls this with
+        ``pin_memory=True``), so that ``.to("cuda", non_blocking=True)`` does not wait."""
+        return Batch(self.features.pin_memory(), self.feature_lengths.pin_memory(), self.labels.pin_memory(),
+                     self.label_lengths.pin_memory(), self.indices, self.failures, self.notes)
+
 
 def collate(items: list) -> Batch:
     """Pad a list of Examples into a Batch; failed items only add to ``failures``."""
@@ -283,16 +289,77 @@ def epoch_batch_order(n_batches: int, epoch: int, seed: int, sortagrad: bool = T
     return order
 
 
+class SortaGradSampler:
+    """This rank's share of every minibatch of an epoch, in the epoch's order (a DataLoader
+    ``batch_sampler``).
+
+    ``batches`` are the global minibatches (lists of dataset indices, from :func:`make_batches`),
+    the same on every rank; an epoch visits them in :func:`epoch_batch_order` (SortaGrad: the
+    first epoch by increasing length). Each global batch is dealt out like cards, in its length
+    order: rank r gets the utterances at positions r, r + N, r + 2N, ... So the ranks' shards
+    are disjoint, of similar lengths (neighbours in length order, so each rank's padding and
+    work are alike), sizes differ by at most one, and every rank gets one shard per global
+    batch (empty when the batch has fewer utterances than ranks): every rank takes the same
+    number of steps. With one rank the shard is the whole batch.
+
+    Items are ``(index, epoch, first index of the global batch)``: what the dataset's
+    augmenter seeds from, so an utterance gets the same augmentation whatever the number of
+    ranks (:class:`SpeechDataset`). ``set_epoch(epoch, start)`` chooses the epoch and the
+    global batch to start from (a resumed run); the DataLoader reads it each time it starts
+    iterating, so one loader with persistent workers serves every epoch.
+    """
+
+    def __init__(self, batches: list[list[int]], seed: int = 0, sortagrad: bool = True, rank: int = 0,
+                 world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of {world_size} ranks")
+        self.batches = batches
+        self.seed = seed
+        self.sortagrad = sortagrad
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.start = start
+
+    def global_batches(self) -> list[list[int]]:
+        """The global batches still to come in this epoch, in order."""
+        order = epoch_batch_order(len(self.batches), self.epoch, self.seed, self.sortagrad)
+        return [self.batches[i] for i in order[self.start :]]
+
+    def shard(self, batch: list[int]) -> list[int]:
+        """This rank's utterances of a global batch."""
+        return batch[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        for batch in self.global_batches():
+            yield [(index, self.epoch, batch[0]) for index in self.shard(batch)]
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.start)
+
+
 def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # the main process owns the cores for the model
 
 
-def make_loader(dataset: SpeechDataset, batches: list[list[int]], num_workers: int,
-                epoch: int | None = None) -> torch.utils.data.DataLoader:
-    """Batches of ``dataset`` (lists of its indices, in the order given) as padded Batch
-    objects, read by ``num_workers`` forked processes (0: in this process). ``epoch`` (of
-    training) seeds the augmentation of a dataset that has an augmenter."""
-    if epoch is not None and dataset.augmenter is not None:
+def make_loader(dataset: SpeechDataset, batches: Iterable[list], num_workers: int, epoch: int | None = None,
+                pin_memory: bool = False, persistent_workers: bool = False) -> torch.utils.data.DataLoader:
+    """Batches of ``dataset`` as padded Batch objects, read by ``num_workers`` forked processes
+    (0: in this process).
+
+    batches: lists of dataset indices, in the order given; or a :class:`SortaGradSampler`,
+        whose items carry the epoch. ``epoch`` (of training, with a plain list) seeds the
+        augmentation of a dataset that has an augmenter.
+    pin_memory: hand out batches in page-locked memory (for copies to a GPU that do not wait).
+    persistent_workers: keep the workers between passes over the loader, so an epoch (or a
+        dev evaluation) does not fork new ones from a process that by then holds CUDA and
+        busy thread pools; a SortaGradSampler's ``set_epoch`` is read at each new pass.
+    """
+    if epoch is not None and dataset.augmenter is not None and not isinstance(batches, SortaGradSampler):
         batches = [[(index, epoch, batch[0]) for index in batch] for batch in batches]
     return torch.utils.data.DataLoader(
         dataset,
@@ -301,4 +368,6 @@ def make_loader(dataset: SpeechDataset, batches: list[list[int]], num_workers: i
         num_workers=num_workers,
         worker_init_fn=_worker_init if num_workers else None,
         multiprocessing_context="fork" if num_workers else None,
+        pin_memory=pin_memory,
+        persistent_workers=persistent_workers and num_workers > 0,
     )

@@ -141,6 +141,7 @@ class SequenceBatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_features))
         self.register_buffer("running_mean", torch.zeros(n_features))
         self.register_buffer("running_var", torch.ones(n_features))
+        self.sync_group = None  # see DeepSpeech2.sync_batch_norm
 
     def scale_shift(
         self, count: torch.Tensor | None = None, total: torch.Tensor | None = None, squares: torch.Tensor | None = None
@@ -150,6 +151,8 @@ class SequenceBatchNorm(nn.Module):
             if count is None:
                 raise ValueError("batch norm in training needs the batch's count, sum and sum of squares")
             count = count.to(total.dtype)  # stays a tensor: reading it as a number would wait for the GPU
+            if self.sync_group is not None:
+                count, total, squares = _summed_over_ranks(self.sync_group, count, total, squares)
             mean = total / count.clamp(min=1)
             var = (squares / count.clamp(min=1) - mean.square()).clamp(min=0)
             with torch.no_grad():
@@ -161,6 +164,16 @@ class SequenceBatchNorm(nn.Module):
             mean, var = self.running_mean, self.running_var
         scale = self.weight * torch.rsqrt(var + self.eps)
         return scale, self.bias - mean * scale
+
+
+def _summed_over_ranks(group, count: torch.Tensor, total: torch.Tensor, squares: torch.Tensor):
+    """count, total and squares summed over the ranks of ``group`` in one all-reduce that
+    autograd differentiates (its backward sums the gradients over the ranks the same way)."""
+    from torch.distributed.nn.functional import all_reduce
+
+    n_features = total.shape[0]
+    packed = all_reduce(torch.cat([count.reshape(1), total, squares]), group=group)
+    return packed[0], packed[1 : n_features + 1], packed[n_features + 1 :]
 
 
 class ConvBlock(nn.Module):
@@ -426,6 +439,28 @@ class DeepSpeech2(nn.Module):
         x = clipped_relu(self.fc(x))  # T' x B x fc_hidden
         logits = self.output(x).transpose(0, 1)  # B x T' x n_outputs
         return logits, lengths
+
+    def sync_batch_norm(self, enabled: bool = True, group=None) -> None:
+        """Batch statistics over every rank of a torch.distributed ``group`` (default: all
+        ranks of the started process group) instead of each rank's own utterances: one
+        all-reduce of (count, sum, sum of squares) per BatchNorm layer in the forward and one
+        in the backward. Training then computes what one process computes on the global
+        batch. A training-time setting, not saved with the model; ``enabled=False`` undoes it.
+        """
+        if enabled and group is None:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                raise ValueError("sync_batch_norm: no torch.distributed process group is started")
+            group = dist.group.WORLD
+        for module in self.modules():
+            if isinstance(module, SequenceBatchNorm):
+                module.sync_group = group if enabled else None
+
+    def batch_norm_statistics(self) -> list[torch.Tensor]:
+        """The running averages of every BatchNorm layer (buffers, in place)."""
+        return [buffer for module in self.modules() if isinstance(module, SequenceBatchNorm)
+                for buffer in (module.running_mean, module.running_var)]
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,23 +1,41 @@
-"""Training: SortaGrad minibatches, CTC, SGD with Nesterov momentum (or Adam), checkpoints.
+"""Training: SortaGrad minibatches, CTC, SGD with Nesterov momentum (or Adam), checkpoints;
+one process or data-parallel under torchrun.
 
 Usage (the tiny recipe does this)::
 
     ds2 train data/train.json data/dev.json -o exp/tiny --epochs 12 --batch-size 32 \\
         --optimizer adam --lr 1e-3 --rnn-hidden 256 --rnn-layers 3
 
-What lands in the output folder:
+The same command runs data-parallel on N GPUs (or N CPU processes) of one or more machines::
+
+    torchrun --standalone --nproc-per-node 4 -m ds2.cli train data/train.json data/dev.json \\
+        -o exp/big --batch-size 128 ...
+
+Each rank works on its LOCAL_RANK GPU (NCCL) or the CPU (gloo), wrapped in
+DistributedDataParallel. ``--batch-size`` and ``--batch-seconds`` size the global minibatch,
+all ranks together, and :class:`ds2.data.SortaGradSampler` deals each one out to the ranks;
+so the minibatches, the learning rate and the checkpoints mean the same whatever the number
+of ranks, and a run can be resumed with another number of ranks. BatchNorm statistics are
+each rank's own, as in DS2 (``--sync-batch-norm``: over the global minibatch).
+
+What lands in the output folder (written by rank 0 only):
 
 - ``last.pt``: the newest state (model, optimizer, epoch, position in the epoch, RNG
   states); ``ds2 train ... --resume`` continues from it exactly.
 - ``best.pt``: the model with the lowest dev WER so far (CER breaks ties).
 - ``log.csv`` (one row per logged step), ``epochs.csv`` (one row per epoch),
   TensorBoard event files under ``tensorboard/`` and ``curves.png`` at the end.
-- ``run.json``: what actually ran (CTC backend, device, versions), rewritten on resume.
+- ``run.json``: what actually ran (CTC backend, device, ranks, precision, versions),
+  rewritten on resume.
 
 Utterances that cannot be used (unreadable audio, labels longer than the output frames)
 and non-finite losses are skipped and counted in the log; they never enter the average.
 A run that cannot use most of its data (more than ``max_unusable`` of an epoch, or audio
 files missing up front) stops with an error instead of training on what is left.
+
+On a GPU the step never waits for the device: losses, counts and the gradient norm stay on
+it and are read back at logging and checkpoint points only; a step whose gradient is not
+finite is skipped by the optimizer itself (its ``found_inf``), not by a Python ``if``.
 
 Nothing imports this module but the command line: decoding, tuning and alignment use
 ds2.checkpoint, ds2.data and ds2.decode.
@@ -25,9 +43,12 @@ ds2.checkpoint, ds2.data and ds2.decode.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -37,24 +58,27 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ds2 import __version__, audio, ctc
+from ds2 import __version__, audio, ctc, distributed
 from ds2.augment import AugmentOptions, Augmenter
 from ds2.checkpoint import load_checkpoint, save_checkpoint
 from ds2.config import DEVICE_HELP, DEVICE_PATTERN, check, option
-from ds2.data import Batch, SpeechDataset, epoch_batch_order, make_batches, make_loader
+from ds2.data import Batch, SortaGradSampler, SpeechDataset, make_batches, make_loader
 from ds2.decode import greedy_decode
-from ds2.io import CsvLog, atomic_write, pyplot, read_csv, save_figure, select_device
+from ds2.distributed import SINGLE, Ranks
+from ds2.io import CsvLog, atomic_write, pyplot, read_csv, save_figure
 from ds2.metrics import score_pairs
 from ds2.model import DeepSpeech2, ModelConfig
 from ds2.text import Alphabet
 
 log = logging.getLogger("ds2.train")
 
-# Our loss is the mean over a minibatch's utterances, so these are per-utterance-average
-# rates. On the tiny corpus, one epoch of SGD (Nesterov 0.99) at 3e-3 reached dev CER 22.6%
-# against 28.0% at 3e-4 (DS2's published range assumes another loss scaling); Adam at 2e-3
-# reached 14.1% (recipes/tiny/RESULTS.md).
+# Rates for our loss: the mean CTC loss per utterance of the global minibatch (see
+# train_step). On the tiny corpus, one epoch of SGD (Nesterov 0.99) at 3e-3 reached dev CER
+# 22.6% against 28.0% at 3e-4 (DS2's published range assumes another loss scaling); Adam at
+# 2e-3 reached 14.1% (recipes/tiny/RESULTS.md).
 DEFAULT_LR = {"sgd": 3e-3, "adam": 1e-3}
+PRECISIONS = ("auto", "fp32", "bf16")
+IDLE_FRAMES = 8  # input frames of the empty utterance a rank forwards when it has nothing to train on
 
 
 @dataclass
@@ -65,29 +89,48 @@ class TrainConfig:
     dev_manifest: str
     out_dir: str
     epochs: int = option(20, "Passes over the training set.", min=1)
-    batch_size: int = option(32, "Most utterances per minibatch.", min=1)
-    batch_seconds: float = option(0.0, "Most padded audio seconds per minibatch (0: no limit).", min=0)
+    batch_size: int = option(32, "Most utterances per minibatch, all ranks together (under torchrun each rank "
+                                 "gets its share of every minibatch).", min=1)
+    batch_seconds: float = option(0.0, "Most padded audio seconds per minibatch, all ranks together (0: no limit).",
+                                  min=0)
     max_duration: float | None = option(None, "Skip utterances longer than this (s).", above=0)
     optimizer: str = option("sgd", "sgd (Nesterov momentum, DS2) or adam.", choices=tuple(DEFAULT_LR))
-    lr: float | None = option(None, "Learning rate of the first epoch (default: 3e-3 sgd, 1e-3 adam).", above=0)
+    lr: float | None = option(None, "Learning rate of the first epoch, for the mean loss per utterance of a "
+                              "minibatch (default: 3e-3 sgd, 1e-3 adam).", above=0)
     momentum: float = option(0.99, "Nesterov momentum (sgd).", min=0, max=1)
     anneal: float = option(1.2, "Divide the learning rate by this after each epoch.", above=0)
     weight_decay: float = option(0.0, "L2 weight decay.", min=0)
-    grad_clip: float = option(400.0, "Clip the global gradient norm to this.", above=0)
+    grad_clip: float = option(400.0, "Clip the global gradient norm (of the mean loss per utterance) to this.",
+                              above=0)
     sortagrad: bool = option(True, "First epoch in increasing length order (SortaGrad).")
     ctc: str = option("auto", "CTC loss: auto (our CUDA kernel on a GPU, numba on the CPU), cuda, numba, "
                               "or torch.", choices=ctc.BACKENDS)
-    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...", pattern=DEVICE_PATTERN, pattern_help=DEVICE_HELP)
-    num_workers: int = option(1, "Data loading processes (0: in this process).", min=0)
-    threads: int = option(0, "Torch CPU threads (0: default).", min=0)
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ... (under torchrun: auto, cuda or cpu; each rank "
+                                 "takes GPU LOCAL_RANK).", pattern=DEVICE_PATTERN, pattern_help=DEVICE_HELP)
+    precision: str = option("auto", "Forward pass arithmetic: auto (bf16 autocast on a GPU, fp32 on the CPU), fp32, "
+                            "or bf16 (autocast, on the CPU too, where it is slow). The loss, gradients, optimizer and "
+                            "BatchNorm statistics stay fp32; fp32 matrix products on a GPU use TF32.", choices=PRECISIONS)
+    deterministic: bool = option(False, "Bit-identical reruns on a GPU: only deterministic cuDNN/cuBLAS algorithms "
+                                 "(torch.use_deterministic_algorithms). Costs speed, more for convolutions; an "
+                                 "operation without a deterministic GPU version stops the run with an error naming "
+                                 "it. The CPU path is deterministic without it.")
+    sync_batch_norm: bool = option(False, "Under torchrun: BatchNorm statistics over the whole minibatch of all ranks "
+                                   "(two small all-reduces per BatchNorm layer and step), so training computes what "
+                                   "one process computes. Default: each rank's own utterances, as in DS2 (results "
+                                   "then depend on the number of ranks); the running averages are averaged over the "
+                                   "ranks whenever the model is evaluated or saved.")
+    num_workers: int = option(1, "Data loading processes per rank (0: in this process), started once for the run.",
+                              min=0)
+    threads: int = option(0, "Torch CPU threads per rank (0: default).", min=0)
     seed: int = option(0, "Random seed.")
     checkpoint_every: int = option(200, "Save last.pt every N steps (and every epoch; 0: only every epoch).", min=0)
-    log_every: int = option(10, "Write a log.csv row every N steps.", min=1)
-    max_steps: int = option(0, "Stop after N optimizer steps in total (0: no limit).", min=0)
+    log_every: int = option(10, "Write a log.csv row every N steps (the only points, with checkpoints, where the "
+                            "loop waits for the GPU).", min=1)
+    max_steps: int = option(0, "Stop after N steps in total (0: no limit).", min=0)
     max_unusable: float = option(0.5, "Stop with an error when more than this share of the training "
                                  "utterances cannot be used (missing or unreadable audio, labels "
                                  "longer than the output, non-finite loss).", min=0, max=1)
-    resume: bool = option(False, "Continue OUT_DIR/last.pt exactly where it stopped.")
+    resume: bool = option(False, "Continue OUT_DIR/last.pt exactly where it stopped (with any number of ranks).")
     init: str | None = option(None, "Start from the weights of this checkpoint (fine-tuning); its model "
                               "configuration and alphabet replace the model options.")
     progress: bool = option(True, "Show a progress bar.")
@@ -102,41 +145,100 @@ class TrainConfig:
 
 @dataclass
 class TrainState:
-    """Where a run stands; saved in every checkpoint."""
+    """Where a run stands; saved in every checkpoint. Every count is of the whole run, all
+    ranks together, so a run resumes from it with any number of ranks."""
 
     epoch: int = 0
-    batches_done: int = 0  # position in the current epoch's batch order
-    step: int = 0  # optimizer steps in total
+    batches_done: int = 0  # position in the current epoch's order of global minibatches
+    step: int = 0  # steps in total: global minibatches that went through the optimizer, skipped_steps included
     best_wer: float = math.inf
     best_cer: float = math.inf
     skipped_unaligned: int = 0  # labels longer than the output frames
     skipped_load: int = 0  # audio that could not be read
     skipped_nonfinite: int = 0  # utterances with inf/nan loss
-    skipped_steps: int = 0  # steps dropped for a non-finite gradient
+    skipped_steps: int = 0  # steps whose update was skipped: non-finite gradient, or no usable utterance
     skipped_augment: int = 0  # noise clips / impulse responses that could not be used (the rest was)
-    audio_seconds: float = 0.0
+    audio_seconds: float = 0.0  # audio trained on (steps that updated the model)
     epoch_seen: int = 0  # training utterances the current epoch has come to so far
     epoch_unusable: int = 0  # ... of which could not be used (unreadable, unaligned, non-finite)
+    audio_frames: int = 0  # audio_seconds in spectrogram frames (an exact count)
+    batches: str = ""  # digest of the minibatches (a resume must cut the data the same way)
 
 
 # --------------------------------------------------------------------------- helpers
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or Adam, fused: the update is one kernel, and the optimizer itself skips
+    a step whose ``found_inf`` is set, without the host reading the flag (train_step)."""
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    optimizer = torch.optim.SGD(
         model.parameters(),
         lr=config.lr,
         momentum=config.momentum,
         nesterov=config.momentum > 0,
         weight_decay=config.weight_decay,
+        fused=True,
     )
+    if config.momentum > 0:
+        # Fused SGD allocates its momentum buffers uninitialized on the first step and fills
+        # them only if that step is applied: zeros make a skipped first step harmless, and an
+        # applied one computes exactly what the first step does (0 * momentum + gradient).
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
+    return optimizer
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Restore a saved optimizer state (of any earlier ds2: unfused ones too) into our fused optimizer."""
+    saved = {**saved, "param_groups": [{**group, "fused": True, "foreach": None} for group in saved["param_groups"]]}
+    optimizer.load_state_dict(saved)
 
 
 def epoch_lr(config: TrainConfig, epoch: int) -> float:
     """DS2's schedule: the learning rate annealed by a constant factor per epoch."""
     return config.lr / config.anneal**epoch
+
+
+def batches_digest(batches: list[list[int]]) -> str:
+    """A short fingerprint of the minibatches (which utterances, in which groups)."""
+    return hashlib.sha1(json.dumps(batches).encode()).hexdigest()[:16]
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a --precision on ``device`` (None: no autocast)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@contextlib.contextmanager
+def backend_settings(device: torch.device, deterministic: bool):
+    """TF32 for fp32 matrix products and convolutions on a GPU; --deterministic's algorithm
+    restrictions. Process-wide settings, put back as they were afterwards."""
+    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
+    try:
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32
+            torch.backends.cudnn.allow_tf32 = True
+        if deterministic:
+            # cuBLAS is deterministic only with a fixed workspace, chosen before its first use.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1:4]
+        torch.use_deterministic_algorithms(saved[4])
 
 
 def _python_rng_state():
@@ -153,22 +255,31 @@ def _set_python_rng_state(saved) -> None:
 
 
 @dataclass
-class StepResult:
-    loss: float  # mean CTC loss of the utterances used (nan if none)
-    n_used: int
-    n_unaligned: int
-    n_nonfinite: int
-    grad_norm: float = math.nan
-    applied: bool = False
+class StepLosses:
+    """The CTC losses of one rank's share of a minibatch."""
+
+    loss_sum: torch.Tensor  # shape = (), float32: sum of the finite losses (differentiable); 0 if none
+    n_finite: torch.Tensor  # shape = (), int64: how many utterances that sum holds (on the device)
+    n_forwarded: int  # utterances forwarded (loaded and alignable)
+    n_unaligned: int  # dropped before the forward: labels longer than the output frames
 
 
-def compute_loss(
-    model: DeepSpeech2, batch: Batch, device: torch.device, backend: str
-) -> tuple[torch.Tensor | None, StepResult]:
-    """Forward a batch and return the mean loss over usable utterances (None if none)."""
+def compute_losses(model: DeepSpeech2, batch: Batch, device: torch.device, backend: str,
+                   forward: torch.nn.Module | None = None) -> StepLosses:
+    """Forward a batch through ``forward`` (``model``, or its DistributedDataParallel wrapper)
+    and sum the finite CTC losses.
+
+    Utterances whose labels cannot fit their output frames are dropped before the forward
+    (decided on the host from lengths: no device read). A batch with nothing left forwards one
+    empty utterance (length 0) instead: it reaches every parameter with zero gradient and adds
+    nothing to BatchNorm statistics, so this rank takes part in DDP's gradient all-reduce (and
+    in synchronized BatchNorm's) like the others and no rank waits forever. Non-finite losses
+    are masked with torch.where (boolean indexing would wait for the device).
+    """
+    forward = forward or model
     output_lengths = model.output_lengths(batch.feature_lengths)
     fits = ctc.feasible(batch.labels, batch.label_lengths, output_lengths)
-    n_unaligned = int((~fits).sum())
+    n_unaligned = len(batch) - int(fits.sum())  # CPU tensors: no device involved
     if n_unaligned:
         keep = fits.nonzero().squeeze(1)
         batch = Batch(
@@ -179,69 +290,137 @@ def compute_loss(
             [batch.indices[i] for i in keep.tolist()],
             batch.failures,
         )
-    if len(batch) < 2 and model.training and model.config.batch_norm:
-        # Batch statistics need more than one utterance; too small to use.
-        return None, StepResult(math.nan, 0, n_unaligned + len(batch), 0)
+    if not len(batch):
+        features = torch.zeros(1, model.config.n_freq, IDLE_FRAMES, device=device)
+        logits, _ = forward(features, torch.zeros(1, dtype=torch.long, device=device))
+        zero = torch.zeros((), dtype=torch.long, device=device)
+        return StepLosses(logits.float().sum() * 0.0, zero, 0, n_unaligned)
     features = batch.features.to(device, non_blocking=True)
-    logits, output_lengths = model(features, batch.feature_lengths.to(device))
+    logits, output_lengths = forward(features, batch.feature_lengths.to(device, non_blocking=True))
     losses = ctc.ctc_loss(
         logits,
-        batch.labels.to(device),
+        batch.labels.to(device, non_blocking=True),
         output_lengths,
-        batch.label_lengths.to(device),
+        batch.label_lengths.to(device, non_blocking=True),
         reduction="none",
         backend=backend,
     )
     finite = torch.isfinite(losses)
-    n_finite = int(finite.sum())
-    result = StepResult(math.nan, n_finite, n_unaligned, len(batch) - n_finite)
-    if n_finite == 0:
-        return None, result
-    loss = losses[finite].sum() / n_finite
-    result.loss = float(loss.detach())
-    return loss, result
+    return StepLosses(torch.where(finite, losses, 0.0).sum(), finite.sum(), len(batch), n_unaligned)
 
 
-def train_step(model, optimizer, batch: Batch, device, config: TrainConfig, backend: str) -> StepResult:
-    """One optimizer step: loss, backward, clip, update; non-finite gradients skip the update."""
+class Tally:
+    """What one rank counts between two readings, kept where it arises: utterance counts on the
+    host (they are known from the batch), losses and skipped steps on the device (a per-step
+    read would make the CPU wait for the GPU). :meth:`read` sums both over the ranks in one
+    all-reduce: the only point where the training loop waits for the device."""
+
+    HOST = ("seen", "load_failures", "unaligned", "augment_notes")
+    DEVICE = ("loss_sum", "n_loss", "nonfinite", "skipped_steps", "audio_frames")
+
+    def __init__(self, device: torch.device, ranks: Ranks):
+        self.device, self.ranks = device, ranks
+        self.host = dict.fromkeys(self.HOST, 0)
+        self.on_device = torch.zeros(len(self.DEVICE), dtype=torch.float64, device=device)
+
+    def add_step(self, losses: StepLosses, skipped: torch.Tensor, audio_frames: int) -> None:
+        """Count a step: its losses, whether the optimizer skipped it (device bool) and the
+        audio frames this rank trained on (counted when the step was applied)."""
+        self.host["unaligned"] += losses.n_unaligned
+        applied = (~skipped).to(torch.float64)
+        steps_skipped = skipped.to(torch.float64) if self.ranks.is_main else torch.zeros_like(applied)  # once per step
+        n_finite = losses.n_finite.to(torch.float64)
+        self.on_device += torch.stack([losses.loss_sum.detach().to(torch.float64), n_finite,
+                                       losses.n_forwarded - n_finite, steps_skipped, applied * audio_frames])
+
+    def read(self) -> dict[str, float]:
+        """The counts of all ranks since the last reading (integers are exact: float64), and
+        start again from zero."""
+        host = torch.tensor([self.host[name] for name in self.HOST], dtype=torch.float64, device=self.device)
+        values = distributed.all_sum(torch.cat([host, self.on_device]), self.ranks).tolist()
+        self.host = dict.fromkeys(self.HOST, 0)
+        self.on_device.zero_()
+        return dict(zip(self.HOST + self.DEVICE, values))
+
+
+def train_step(model: DeepSpeech2, forward, optimizer, batch: Batch, device, config: TrainConfig, backend: str,
+               ranks: Ranks = SINGLE, precision: torch.dtype | None = None, tally: Tally | None = None) -> torch.Tensor:
+    """One step on this rank's share of a global minibatch: loss, backward, clip, update.
+    Returns the gradient norm before clipping (a device tensor; nothing is read back).
+
+    The loss is the SUM of the global minibatch's finite per-utterance CTC losses divided by
+    their COUNT over all ranks (one all-reduce of a scalar, which stays on the device). Each
+    rank backpropagates N x (its sum) / (global count) and DDP averages the N gradients, so
+    the gradient is that of the mean loss per utterance of the global minibatch however it is
+    split: 2 ranks x B utterances compute what 1 process x 2B computes, where a mean of each
+    rank's own mean would weigh the utterances of a rank with fewer usable ones more.
+
+    Why utterances, not frames: for one process and a full minibatch this is exactly the loss
+    ds2 always trained with (the per-utterance mean over usable utterances), so the default
+    learning rates, measured for it (DEFAULT_LR), and DS2's clip norm of 400 keep their meaning
+    and the recipes' settings need no conversion. A per-frame mean would divide the gradient
+    by the mean output length, which grows through SortaGrad's first epoch and differs between
+    corpora, so the effective learning rate would drift with it. A minibatch is not weighted
+    by its size either: dividing by the nominal --batch-size would shrink the steps of the
+    smaller, long-utterance minibatches that --batch-seconds makes.
+
+    A step whose gradient norm is not finite, or whose global minibatch had no usable
+    utterance, is skipped by the fused optimizer on the device (``found_inf``); every rank
+    sees the same all-reduced gradient and count, so every rank skips it alike. Gradients are
+    clipped as they are: bf16 autocast needs no loss scaling, so there is nothing to unscale.
+    """
     optimizer.zero_grad(set_to_none=True)
-    loss, result = compute_loss(model, batch, device, backend)
-    if loss is None:
-        return result
-    loss.backward()
+    with _autocast(device, precision):
+        losses = compute_losses(model, batch, device, backend, forward)
+    n_global = distributed.all_sum(losses.n_finite.to(torch.float32), ranks)
+    (losses.loss_sum * (ranks.world_size / n_global.clamp(min=1))).backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    result.grad_norm = float(grad_norm)
-    if math.isfinite(result.grad_norm):
-        optimizer.step()
-        result.applied = True
-    return result
+    skipped = ~torch.isfinite(grad_norm) | (n_global == 0)
+    optimizer.found_inf = skipped.to(torch.float32)
+    optimizer.step()
+    if tally is not None:
+        tally.add_step(losses, skipped, int(batch.feature_lengths.sum()))
+    return grad_norm
 
 
 @torch.no_grad()
-def evaluate(model: DeepSpeech2, dataset: SpeechDataset, device, backend: str, batch_size: int = 32, num_workers: int = 0):
-    """Dev loss, greedy WER and CER (%) over a dataset (scored as `ds2 score` scores)."""
+def evaluate(model: DeepSpeech2, dataset: SpeechDataset, device, backend: str, batch_size: int = 32,
+             num_workers: int = 0, *, loader=None, ranks: Ranks = SINGLE, precision: torch.dtype | None = None):
+    """Dev loss, greedy WER and CER (%) over a dataset (scored as `ds2 score` scores).
+
+    Under torchrun each rank evaluates its share of every minibatch (``loader``: one made on
+    a :class:`SortaGradSampler` of this rank, whose persistent workers serve every epoch) and
+    all ranks get the same totals. Needs the same BatchNorm running averages on every rank
+    (the trainer averages them first).
+    """
     model.eval()
-    batches = make_batches(dataset.durations, math.inf, batch_size)
-    loss_sum, n_loss, pairs = 0.0, 0, []
-    for batch in make_loader(dataset, batches, num_workers):
+    if loader is None:
+        sampler = SortaGradSampler(make_batches(dataset.durations, math.inf, batch_size), rank=ranks.rank,
+                                   world_size=ranks.world_size)
+        loader = make_loader(dataset, sampler, num_workers)
+    loss_sum, n_loss, results = 0.0, 0, []
+    for batch in loader:
         for index, message in batch.failures:  # unreadable audio scores as all deletions
             log.warning("dev: %s", message)
-            pairs.append((dataset.records[index]["text"], ""))
+            results.append((index, ""))
         if not len(batch):
             continue
-        logits, output_lengths = model(batch.features.to(device), batch.feature_lengths.to(device))
-        losses = ctc.ctc_loss(
-            logits, batch.labels.to(device), output_lengths, batch.label_lengths.to(device),
-            reduction="none", backend=backend,
-        )
+        with _autocast(device, precision):
+            logits, output_lengths = model(batch.features.to(device, non_blocking=True),
+                                           batch.feature_lengths.to(device, non_blocking=True))
+            losses = ctc.ctc_loss(
+                logits, batch.labels.to(device), output_lengths, batch.label_lengths.to(device),
+                reduction="none", backend=backend,
+            )
         finite = torch.isfinite(losses)
-        loss_sum += float(losses[finite].sum())
+        loss_sum += float(torch.where(finite, losses, 0.0).sum())
         n_loss += int(finite.sum())
-        hypotheses = greedy_decode(logits, output_lengths, dataset.alphabet)
-        for index, hypothesis in zip(batch.indices, hypotheses):
-            pairs.append((dataset.records[index]["text"], hypothesis))
+        results.extend(zip(batch.indices, greedy_decode(logits, output_lengths, dataset.alphabet)))
     model.train()
-    report = score_pairs(pairs)
+    gathered = distributed.gather_objects((loss_sum, n_loss, results), ranks)
+    loss_sum, n_loss = sum(part[0] for part in gathered), sum(part[1] for part in gathered)
+    hypotheses = sorted((pair for part in gathered for pair in part[2]), key=lambda pair: pair[0])
+    report = score_pairs((dataset.records[index]["text"], hypothesis) for index, hypothesis in hypotheses)
     return (loss_sum / n_loss if n_loss else math.nan), report.wer, report.cer
 
 
@@ -253,23 +432,33 @@ class TrainingError(ValueError):
 
 
 def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
-    """Train a model as configured; returns the final TrainState. ``config.threads`` holds
-    for the run only: the caller's torch thread count is restored afterwards (a model run
-    later in the same process computes in the same summation order as before)."""
+    """Train a model as configured; returns the final TrainState (the same on every rank).
+
+    One process, or one rank of a torchrun job (from the environment, ds2.distributed): the
+    process group is joined here and left at the end. ``config.threads`` and the GPU backend
+    settings (TF32, --deterministic) hold for the run only: the caller's are restored
+    afterwards (a model run later in the same process computes in the same summation order
+    as before)."""
     threads = torch.get_num_threads()
+    ranks = distributed.ranks_from_env()
+    device = distributed.device_for(config.device, ranks)
+    started = distributed.start(ranks, device)
     try:
-        return _train(config, alphabet)
+        with backend_settings(device, config.deterministic):
+            return _train(config, alphabet, ranks, device)
     finally:
+        if started:
+            distributed.stop()
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 
 
-def _train(config: TrainConfig, alphabet: Alphabet | None) -> TrainState:
+def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device: torch.device) -> TrainState:
     out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if ranks.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = select_device(config.device)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
 
     resumed = None
@@ -300,13 +489,14 @@ def _train(config: TrainConfig, alphabet: Alphabet | None) -> TrainState:
     train_set = SpeechDataset(config.train_manifest, alphabet, config.max_duration, augmenter=augmenter,
                               seed=config.seed)
     dev_set = SpeechDataset(config.dev_manifest, alphabet)
-    for message in train_set.skipped + dev_set.skipped:
-        log.warning("skipped: %s", message)
+    if ranks.is_main:
+        for message in train_set.skipped + dev_set.skipped:
+            log.warning("skipped: %s", message)
     if len(train_set) == 0:
         raise TrainingError(f"{config.train_manifest}: no usable utterances")
     if len(dev_set) == 0:
         raise TrainingError(f"{config.dev_manifest}: no usable utterances")
-    _check_audio_exists(train_set, config.max_unusable)
+    _check_audio_exists(train_set, config.max_unusable, ranks)
 
     model = DeepSpeech2(model_config).to(device)
     if config.init and resumed is None:
@@ -316,8 +506,10 @@ def _train(config: TrainConfig, alphabet: Alphabet | None) -> TrainState:
     state = TrainState()
     if resumed is not None:
         model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
+        load_optimizer_state(optimizer, resumed["optimizer"])
         state = TrainState(**resumed["state"])
+        if "audio_frames" not in resumed["state"]:  # a checkpoint of an earlier ds2
+            state.audio_frames = round(state.audio_seconds * audio.FRAMES_PER_SECOND)
         torch.set_rng_state(resumed["rng"]["torch"])
         _set_python_rng_state(resumed["rng"]["python"])
         if resumed["rng"]["cuda"] and torch.cuda.is_available():
@@ -326,31 +518,66 @@ def _train(config: TrainConfig, alphabet: Alphabet | None) -> TrainState:
 
     batch_seconds = config.batch_seconds if config.batch_seconds > 0 else math.inf
     batches = make_batches(train_set.durations, batch_seconds, config.batch_size)
+    digest = batches_digest(batches)
+    if resumed is not None and state.batches and state.batches != digest and state.batches_done:
+        raise ValueError(
+            f"{last_path}: stopped inside epoch {state.epoch + 1}, whose minibatches were cut otherwise than this "
+            "run's (--batch-size, --batch-seconds, --max-duration or the manifest changed); resume with the "
+            "options it ran with"
+        )
+    state.batches = digest
     total_audio = sum(train_set.durations)
     backend = ctc.resolve_backend(config.ctc, device)
+    precision = autocast_dtype(config.precision, device)
     log.info(
-        "model: %.2fM parameters; train: %d utterances (%.2f h, %d skipped) in %d batches; dev: %d; device: %s; CTC: %s",
+        "model: %.2fM parameters; train: %d utterances (%.2f h, %d skipped) in %d batches; dev: %d; device: %s; "
+        "ranks: %d; precision: %s; CTC: %s",
         model.n_parameters() / 1e6, len(train_set), total_audio / 3600, len(train_set.skipped),
-        len(batches), len(dev_set), device, backend,
+        len(batches), len(dev_set), device, ranks.world_size, precision or torch.float32, backend,
     )
-    _write_run_info(out_dir / "run.json", device, backend, state)
-    run = _Run(config, backend, out_dir)
 
-    logger = RunLogger(out_dir, resume_state=state if resumed is not None else None)
+    forward = model
+    if ranks.distributed:
+        if config.sync_batch_norm:
+            model.sync_batch_norm()
+        # BatchNorm running averages stay each rank's own between the points where they are
+        # averaged (Run.publish): no broadcast of buffers at every forward.
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False, gradient_as_bucket_view=True,
+        )
+    run = _Run(config, backend, out_dir, ranks, model, optimizer)
+    if ranks.is_main:
+        _write_run_info(out_dir / "run.json", device, backend, state, ranks, precision)
+
+    # One loader per dataset for the whole run: workers forked once, before any training step.
+    pin = device.type == "cuda"
+    sampler = SortaGradSampler(batches, config.seed, config.sortagrad, ranks.rank, ranks.world_size)
+    loader = make_loader(train_set, sampler, config.num_workers, pin_memory=pin, persistent_workers=True)
+    dev_sampler = SortaGradSampler(make_batches(dev_set.durations, math.inf, config.batch_size), rank=ranks.rank,
+                                   world_size=ranks.world_size)
+    dev_loader = make_loader(dev_set, dev_sampler, config.num_workers, pin_memory=pin, persistent_workers=True)
+    loop = _Loop(config, model, forward, optimizer, train_set, sampler, loader, state, device, backend, ranks,
+                 precision, run)
+
+    logger = RunLogger(out_dir, resume_state=state if resumed is not None else None) if ranks.is_main else None
+    loop.logger = logger
     model.train()
     try:
         while state.epoch < config.epochs:
-            stopped = _train_epoch(model, optimizer, train_set, batches, state, config, device, logger, run)
-            if stopped:
-                run.save(last_path, model, optimizer, state)
+            if loop.epoch():
+                run.save(last_path, state)
                 log.info("stopped after %d steps (max_steps); resume with --resume", state.step)
                 return state
             _check_usable(state, config)
-            dev_loss, dev_wer, dev_cer = evaluate(model, dev_set, device, backend, config.batch_size)
+            run.publish()
+            dev_loss, dev_wer, dev_cer = evaluate(model, dev_set, device, backend, loader=dev_loader, ranks=ranks,
+                                                  precision=precision)
             improved = (dev_wer, dev_cer) < (state.best_wer, state.best_cer)
             if improved:
                 state.best_wer, state.best_cer = dev_wer, dev_cer
-            logger.epoch_row(state, epoch_lr(config, state.epoch), dev_loss, dev_wer, dev_cer)
+            if logger:
+                logger.epoch_row(state, epoch_lr(config, state.epoch), dev_loss, dev_wer, dev_cer)
             log.info(
                 "epoch %d: dev loss %.3f, WER %.2f%%, CER %.2f%%%s",
                 state.epoch + 1, dev_loss, dev_wer, dev_cer, " (best)" if improved else "",
@@ -359,15 +586,22 @@ def _train(config: TrainConfig, alphabet: Alphabet | None) -> TrainState:
             state.batches_done = 0
             state.epoch_seen = state.epoch_unusable = 0
             if improved:
-                run.save(best_path, model, None, state)
-            run.save(last_path, model, optimizer, state)
+                run.save(best_path, state, with_optimizer=False)
+            run.save(last_path, state)
     except KeyboardInterrupt:
-        run.save(last_path, model, optimizer, state)
-        log.warning("interrupted: state saved to %s; continue with --resume", last_path)
+        if ranks.distributed:  # the other ranks may be gone: no collective, so no consistent state to save
+            log.warning("interrupted: %s from step %d is the newest state; continue with --resume", last_path,
+                        _saved_step(last_path))
+        else:
+            loop.read_counts()
+            run.save(last_path, state)
+            log.warning("interrupted: state saved to %s; continue with --resume", last_path)
         raise
     finally:
-        logger.close()
-    logger.plot(out_dir / "curves.png")
+        if logger:
+            logger.close()
+    if logger:
+        logger.plot(out_dir / "curves.png")
     log.info(
         "done: best dev WER %.2f%% CER %.2f%%; skipped %d unaligned, %d unreadable, %d non-finite utterances, %d steps",
         state.best_wer, state.best_cer, state.skipped_unaligned, state.skipped_load,
@@ -376,38 +610,61 @@ def _train(config: TrainConfig, alphabet: Alphabet | None) -> TrainState:
     return state
 
 
-class _Run:
-    """Writes checkpoints with the run's configuration and the CTC backend that ran."""
+def _saved_step(path: Path) -> int:
+    try:
+        return load_checkpoint(path)["training"]["state"]["step"]
+    except (ValueError, KeyError, TypeError):
+        return 0
 
-    def __init__(self, config: TrainConfig, backend: str, out_dir: Path):
+
+class _Run:
+    """Writes checkpoints (rank 0) of the model as every rank holds it."""
+
+    def __init__(self, config: TrainConfig, backend: str, out_dir: Path, ranks: Ranks, model: DeepSpeech2, optimizer):
         self.config = {k: v for k, v in asdict(config).items() if k != "model"}
         self.backend = backend
         self.out_dir = out_dir
+        self.ranks = ranks
+        self.model = model
+        self.optimizer = optimizer
         self.noted: set[str] = set()  # augmentation problems already logged
 
-    def save(self, path: Path, model: DeepSpeech2, optimizer, state: TrainState) -> None:
+    def publish(self) -> None:
+        """Make every rank's BatchNorm running averages their mean over the ranks, before the
+        model is evaluated or saved: with per-rank statistics each rank's averages saw only
+        its own shards (with --sync-batch-norm they are equal already, and stay so)."""
+        distributed.average_buffers(self.model.batch_norm_statistics(), self.ranks)
+
+    def save(self, path: Path, state: TrainState, with_optimizer: bool = True) -> None:
+        """Every rank calls this at the same point; rank 0 writes."""
+        self.publish()
+        if not self.ranks.is_main:
+            return
         training = {
             "config": self.config,
             "state": asdict(state),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "optimizer": self.optimizer.state_dict() if with_optimizer else None,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "python": _python_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
             "ctc_backend": self.backend,
+            "world_size": self.ranks.world_size,
         }
-        save_checkpoint(path, model, training)
+        save_checkpoint(path, self.model, training)
 
 
-def _write_run_info(path: Path, device: torch.device, backend: str, state: TrainState) -> None:
+def _write_run_info(path: Path, device: torch.device, backend: str, state: TrainState, ranks: Ranks,
+                    precision: torch.dtype | None) -> None:
     info = dict(ds2_version=__version__, torch_version=torch.__version__, device=str(device), ctc_backend=backend,
+                world_size=ranks.world_size, precision=str(precision or torch.float32).replace("torch.", ""),
                 torch_threads=torch.get_num_threads(), started_at_step=state.step, command=sys.argv)
     with atomic_write(path) as handle:
         json.dump(info, handle, indent=2)
 
 
-def _check_audio_exists(dataset: SpeechDataset, max_unusable: float) -> None:
+def _check_audio_exists(dataset: SpeechDataset, max_unusable: float, ranks: Ranks = SINGLE) -> None:
     """Fail before training when too many audio files are missing (e.g. relative paths of
     a manifest copied away from its corpus); fewer are skipped and counted as they come."""
     missing = [r for r in dataset.records if not Path(r["audio_filepath"]).exists()]
@@ -420,74 +677,103 @@ def _check_audio_exists(dataset: SpeechDataset, max_unusable: float) -> None:
             f"{dataset.manifest}: {len(missing)} of {len(dataset)} audio files are missing "
             f"({100 * share:.0f}% > --max-unusable {100 * max_unusable:.0f}%), e.g. {examples}"
         )
-    log.warning("%s: %d of %d audio files are missing; they will be skipped (e.g. %s)",
-                dataset.manifest, len(missing), len(dataset), examples)
+    if ranks.is_main:
+        log.warning("%s: %d of %d audio files are missing; they will be skipped (e.g. %s)",
+                    dataset.manifest, len(missing), len(dataset), examples)
 
 
 def _check_usable(state: TrainState, config: TrainConfig) -> None:
-    """After an epoch: stop if it trained nothing or could not use most of its data."""
+    """After an epoch: stop if the run has trained nothing or the epoch could not use most of its data."""
     if state.epoch_seen and state.epoch_unusable / state.epoch_seen > config.max_unusable:
         raise TrainingError(
             f"epoch {state.epoch + 1}: {state.epoch_unusable} of {state.epoch_seen} training utterances could not be "
             f"used (> --max-unusable {config.max_unusable}); see the warnings in train.log"
         )
-    if state.step == 0:
-        raise TrainingError(f"epoch {state.epoch + 1} ended without a single optimizer step; see train.log")
+    if state.step == state.skipped_steps:
+        raise TrainingError(f"epoch {state.epoch + 1} ended without a single applied optimizer step; see train.log")
 
 
-def _train_epoch(model, optimizer, train_set, batches, state: TrainState, config, device, logger, run: _Run) -> bool:
-    """Run the rest of the current epoch; True if max_steps stopped it early."""
-    lr = epoch_lr(config, state.epoch)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    order = epoch_batch_order(len(batches), state.epoch, config.seed, config.sortagrad)
-    remaining = [batches[i] for i in order[state.batches_done :]]
-    loader = make_loader(train_set, remaining, config.num_workers, epoch=state.epoch)
-    bar = tqdm(
-        loader, total=len(order), initial=state.batches_done, disable=not config.progress,
-        desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="batch", dynamic_ncols=True,
-    )
-    window_audio, window_start, window_loss, window_n = 0.0, time.perf_counter(), 0.0, 0
-    for batch in bar:
-        applied = False
-        for _, message in batch.failures:
-            log.warning("skipped: %s", message)
-        state.skipped_load += len(batch.failures)
-        for message in batch.notes:
-            if message not in run.noted:  # one warning per bad clip, every use counted
-                run.noted.add(message)
-                log.warning("augmentation skipped: %s", message)
-        state.skipped_augment += len(batch.notes)
-        state.epoch_seen += len(batch) + len(batch.failures)
-        state.epoch_unusable += len(batch.failures)
-        if len(batch):
-            result = train_step(model, optimizer, batch, device, config, run.backend)
-            state.skipped_unaligned += result.n_unaligned
-            state.skipped_nonfinite += result.n_nonfinite
-            state.epoch_unusable += result.n_unaligned + result.n_nonfinite
-            if result.n_used and not result.applied:
-                state.skipped_steps += 1
-            applied = result.applied
-            if applied:
-                state.step += 1
-                seconds = audio.frames_to_seconds(float(batch.feature_lengths.sum()))
-                state.audio_seconds += seconds
-                window_audio += seconds
-                window_loss += result.loss * result.n_used
-                window_n += result.n_used
-                if state.step % config.log_every == 0:
-                    speed = window_audio / max(time.perf_counter() - window_start, 1e-9)
-                    logger.step_row(state, lr, window_loss / window_n, result.grad_norm, speed)
-                    bar.set_postfix(loss=f"{window_loss / window_n:.2f}", audio_s_per_s=f"{speed:.0f}")
-                    window_audio, window_start, window_loss, window_n = 0.0, time.perf_counter(), 0.0, 0
-        state.batches_done += 1
-        if config.max_steps and state.step >= config.max_steps:
-            bar.close()
-            return True
-        if applied and config.checkpoint_every and state.step % config.checkpoint_every == 0:
-            run.save(Path(config.out_dir) / "last.pt", model, optimizer, state)
-    bar.close()
-    return False
+class _Loop:
+    """The steps of the epochs; every rank runs the same steps and reads its counts at the same points."""
+
+    def __init__(self, config, model, forward, optimizer, train_set, sampler, loader, state, device, backend, ranks,
+                 precision, run: _Run):
+        self.config, self.model, self.forward, self.optimizer = config, model, forward, optimizer
+        self.train_set, self.sampler, self.loader, self.state = train_set, sampler, loader, state
+        self.device, self.backend, self.ranks, self.precision, self.run = device, backend, ranks, precision, run
+        self.tally = Tally(device, ranks)
+        self.logger: RunLogger | None = None
+        self.window = dict(loss_sum=0.0, n_loss=0.0, frames=0.0, start=time.perf_counter())
+
+    def read_counts(self) -> None:
+        """Add every rank's counts since the last reading to the state (a collective)."""
+        counts, state = self.tally.read(), self.state
+        state.epoch_seen += round(counts["seen"])
+        state.skipped_load += round(counts["load_failures"])
+        state.skipped_unaligned += round(counts["unaligned"])
+        state.skipped_nonfinite += round(counts["nonfinite"])
+        state.epoch_unusable += round(counts["load_failures"] + counts["unaligned"] + counts["nonfinite"])
+        state.skipped_steps += round(counts["skipped_steps"])
+        state.skipped_augment += round(counts["augment_notes"])
+        state.audio_frames += round(counts["audio_frames"])
+        state.audio_seconds = audio.frames_to_seconds(state.audio_frames)
+        self.window["loss_sum"] += counts["loss_sum"]
+        self.window["n_loss"] += counts["n_loss"]
+        self.window["frames"] += counts["audio_frames"]
+
+    def epoch(self) -> bool:
+        """Run the rest of the current epoch; True if max_steps stopped it early."""
+        config, state = self.config, self.state
+        lr = epoch_lr(config, state.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.sampler.set_epoch(state.epoch, state.batches_done)
+        bar = tqdm(
+            self.loader, total=len(self.sampler.batches), initial=state.batches_done,
+            disable=not (config.progress and self.ranks.is_main),
+            desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="batch", dynamic_ncols=True,
+        )
+        grad_norm = None
+        for batch in bar:
+            for _, message in batch.failures:
+                log.warning("skipped: %s", message)
+            for message in batch.notes:
+                if message not in self.run.noted:  # one warning per bad clip, every use counted
+                    self.run.noted.add(message)
+                    log.warning("augmentation skipped: %s", message)
+            self.tally.host["augment_notes"] += len(batch.notes)
+            self.tally.host["seen"] += len(batch) + len(batch.failures)
+            self.tally.host["load_failures"] += len(batch.failures)
+            grad_norm = train_step(self.model, self.forward, self.optimizer, batch, self.device, config, self.backend,
+                                   self.ranks, self.precision, self.tally)
+            state.step += 1
+            state.batches_done += 1
+            logged = state.step % config.log_every == 0
+            saved = bool(config.checkpoint_every) and state.step % config.checkpoint_every == 0
+            stop = bool(config.max_steps) and state.step >= config.max_steps
+            if logged or saved or stop:
+                self.read_counts()
+            if logged:
+                self._log_row(lr, grad_norm, bar)
+            if stop:
+                bar.close()
+                return True
+            if saved:
+                self.run.save(Path(config.out_dir) / "last.pt", state)
+        bar.close()
+        self.read_counts()
+        return False
+
+    def _log_row(self, lr: float, grad_norm: torch.Tensor, bar) -> None:
+        """A log.csv row (rank 0): the mean loss per utterance since the last row, all ranks
+        together, and the last step's gradient norm (the same on every rank)."""
+        window = self.window
+        loss = window["loss_sum"] / window["n_loss"] if window["n_loss"] else math.nan
+        speed = audio.frames_to_seconds(window["frames"]) / max(time.perf_counter() - window["start"], 1e-9)
+        if self.logger is not None:
+            self.logger.step_row(self.state, lr, loss, float(grad_norm), speed)
+            bar.set_postfix(loss=f"{loss:.2f}", audio_s_per_s=f"{speed:.0f}")
+        self.window = dict(loss_sum=0.0, n_loss=0.0, frames=0.0, start=time.perf_counter())
 
 
 class RunLogger:

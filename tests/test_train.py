@@ -17,7 +17,7 @@ from ds2.data import SpeechDataset, collate, read_manifest, write_manifest
 from ds2.model import DeepSpeech2, ModelConfig
 from ds2.synth import SynthConfig, synthesize_corpus
 from ds2.text import Alphabet
-from ds2.train import TrainConfig, TrainingError, compute_loss, train
+from ds2.train import TrainConfig, TrainingError, compute_losses, train
 
 TINY_MODEL = dict(
     conv_layers=1, conv_channels=(4,), conv_kernels=((41, 11),), conv_strides=((4, 2),),
@@ -103,9 +103,10 @@ def test_non_finite_losses_are_skipped_not_averaged(corpus, monkeypatch):
     expected_losses = real(*_forward(model, batch), reduction="none")
     monkeypatch.setattr(ctc, "ctc_loss", poisoned)
     torch.manual_seed(0)
-    loss, result = compute_loss(model, batch, torch.device("cpu"), "torch")
-    assert result.n_nonfinite == 2 and result.n_used == 2
-    assert float(loss.detach()) == pytest.approx(float(expected_losses[2:].detach().mean()), rel=1e-5)
+    losses = compute_losses(model, batch, torch.device("cpu"), "torch")
+    assert losses.n_forwarded == 4 and int(losses.n_finite) == 2  # 2 non-finite
+    mean = float(losses.loss_sum.detach() / losses.n_finite)
+    assert mean == pytest.approx(float(expected_losses[2:].detach().mean()), rel=1e-5)
 
 
 def _forward(model, batch):
