@@ -14,6 +14,7 @@ from ds2.data import (
     Batch,
     Example,
     ManifestError,
+    SortaGradSampler,
     SpeechDataset,
     collate,
     epoch_batch_order,
@@ -204,6 +205,45 @@ def test_epoch_batch_order_depends_on_seed_and_epoch_only():
     torch.manual_seed(5)
     assert epoch_batch_order(n, 2, 1) == orders[1, 2]
     assert epoch_batch_order(n, 2, 1, sortagrad=False) == orders[1, 2]  # sortagrad only changes epoch 0
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+def test_the_sampler_deals_every_minibatch_out_to_the_ranks(world_size):
+    batches = make_batches(DURATIONS, float("inf"), 6)  # 10 of 6 and one of 3 (fewer than 8 ranks)
+    samplers = [SortaGradSampler(batches, seed=4, rank=rank, world_size=world_size) for rank in range(world_size)]
+    for epoch in (0, 1):
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+        shards = [list(sampler) for sampler in samplers]
+        expected = [batches[i] for i in epoch_batch_order(len(batches), epoch, seed=4)]
+        assert all(len(rank_shards) == len(batches) == len(sampler) for rank_shards, sampler in zip(shards, samplers))
+        for step, batch in enumerate(expected):
+            parts = [[item[0] for item in rank_shards[step]] for rank_shards in shards]
+            assert sorted(i for part in parts for i in part) == sorted(batch)  # disjoint, nothing lost
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+            # every item carries the epoch and the global batch's first utterance (augmentation seeds)
+            assert all(item[1:] == (epoch, batch[0]) for rank_shards in shards for item in rank_shards[step])
+            # neighbours in length: no rank's longest is further from the batch's longest than
+            # the batch's spread of world_size utterances
+            lengths = sorted(DURATIONS[i] for i in batch)
+            for part in parts:
+                if part:
+                    assert max(DURATIONS[i] for i in part) >= lengths[max(0, len(lengths) - world_size)]
+    # SortaGrad's first epoch goes by increasing length on every rank
+    samplers[0].set_epoch(0)
+    firsts = [DURATIONS[shard[0][0]] for shard in samplers[0]]
+    assert firsts == sorted(firsts)
+
+
+def test_the_sampler_resumes_inside_an_epoch():
+    batches = make_batches(DURATIONS, float("inf"), 4)
+    sampler = SortaGradSampler(batches, seed=1, rank=1, world_size=2)
+    sampler.set_epoch(3)
+    whole = list(sampler)
+    sampler.set_epoch(3, start=5)
+    assert list(sampler) == whole[5:] and len(sampler) == len(whole) - 5
+    with pytest.raises(ValueError, match="rank 2 is not one of 2 ranks"):
+        SortaGradSampler(batches, rank=2, world_size=2)
 
 
 # --------------------------------------------------------------------------- dataset

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ds2 import ctc
 from ds2.checkpoint import load_checkpoint, load_model
@@ -17,7 +18,8 @@ from ds2.data import SpeechDataset, collate, read_manifest, write_manifest
 from ds2.model import DeepSpeech2, ModelConfig
 from ds2.synth import SynthConfig, synthesize_corpus
 from ds2.text import Alphabet
-from ds2.train import TrainConfig, TrainingError, compute_losses, train
+from ds2.distributed import SINGLE
+from ds2.train import Tally, TrainConfig, TrainingError, build_optimizer, compute_losses, train, train_step
 
 TINY_MODEL = dict(
     conv_layers=1, conv_channels=(4,), conv_kernels=((41, 11),), conv_strides=((4, 2),),
@@ -109,6 +111,119 @@ def test_non_finite_losses_are_skipped_not_averaged(corpus, monkeypatch):
     assert mean == pytest.approx(float(expected_losses[2:].detach().mean()), rel=1e-5)
 
 
+# --------------------------------------------------------------------------- one step
+
+
+class _DeviceReads(TorchDispatchMode):
+    """Follows which tensors hold values computed on the device (from the model's parameters
+    and buffers, the optimizer's state or the features) and records every op that would copy
+    one of them to the host. The CPU cannot show GPU synchronizations; their causes it can."""
+
+    HOST_READS = {"aten::nonzero", "aten::masked_select", "aten::_local_scalar_dense", "aten::is_nonzero",
+                  "aten::item", "aten::equal", "aten::allclose"}
+
+    def __init__(self, sources):
+        super().__init__()
+        self.held = list(sources)  # kept alive, so that their ids stay theirs
+        self.on_device = {id(t) for t in self.held}
+        self.reads, self.n_ops = [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        from_device = any(id(t) in self.on_device for t in inputs)
+        name = func._schema.name
+        boolean_index = name.startswith("aten::index") and any(
+            t.dtype == torch.bool for t in torch.utils._pytree.tree_leaves(args[1:]) if isinstance(t, torch.Tensor))
+        if from_device and (name in self.HOST_READS or "unique" in name or boolean_index):
+            self.reads.append(name)
+        self.n_ops += 1
+        out = func(*args, **kwargs)
+        if from_device:
+            for t in torch.utils._pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.held.append(t)
+                    self.on_device.add(id(t))
+        return out
+
+
+class _NanGradient(torch.autograd.Function):
+    """The identity whose gradient is NaN: a step with a non-finite gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * math.nan
+
+
+def test_a_step_reads_nothing_back_and_skips_a_non_finite_gradient_on_the_device(corpus, monkeypatch):
+    torch.manual_seed(0)
+    dataset = SpeechDataset(corpus["train"], Alphabet())
+    examples = [dataset[i] for i in range(4)]
+    examples[3].labels = torch.ones(400, dtype=torch.long)  # cannot fit its frames: dropped on the host
+    batch = collate(examples)
+    config = TrainConfig("t.json", "d.json", "out", optimizer="sgd", lr=1e-3, model=ModelConfig(**TINY_MODEL))
+    model = DeepSpeech2(config.model).train()
+    optimizer = build_optimizer(model, config)
+    tally = Tally(torch.device("cpu"), SINGLE)
+    sources = [*model.parameters(), *model.buffers(), batch.features]
+    sources += [t for state in optimizer.state.values() for t in state.values()]
+    with _DeviceReads(sources) as reads:
+        grad_norm = train_step(model, model, optimizer, batch, torch.device("cpu"), config, "torch", tally=tally)
+    assert reads.reads == [], f"ops that would wait for the GPU: {sorted(set(reads.reads))}"
+    assert reads.n_ops > 200  # it saw the forward, the backward and the update
+    assert math.isfinite(float(grad_norm))
+
+    before = {name: value.clone() for name, value in model.state_dict().items() if "running" not in name}
+    momentum = [state["momentum_buffer"].clone() for state in optimizer.state.values()]
+    real = ctc.ctc_loss
+    monkeypatch.setattr(ctc, "ctc_loss", lambda *args, **kwargs: _NanGradient.apply(real(*args, **kwargs)))
+    grad_norm = train_step(model, model, optimizer, batch, torch.device("cpu"), config, "torch", tally=tally)
+    assert math.isnan(float(grad_norm))
+    for name, value in before.items():  # the optimizer skipped the update: nothing moved
+        assert torch.equal(model.state_dict()[name], value), name
+    assert all(torch.equal(state["momentum_buffer"], m) for state, m in zip(optimizer.state.values(), momentum))
+    counts = tally.read()
+    assert (counts["skipped_steps"], counts["unaligned"], counts["n_loss"], counts["nonfinite"]) == (1, 2, 6, 0)
+    assert counts["audio_frames"] == int(batch.feature_lengths.sum())  # the applied step's audio only
+
+
+def test_a_skipped_first_step_leaves_sgd_momentum_at_zero():
+    """Fused SGD allocates its momentum uninitialized on its first step; ours starts at zero,
+    so a skipped first step cannot leave garbage in it."""
+    config = TrainConfig("t.json", "d.json", "out", optimizer="sgd", lr=0.1, model=ModelConfig(**TINY_MODEL))
+    model = DeepSpeech2(config.model)
+    optimizer = build_optimizer(model, config)
+    for parameter in model.parameters():
+        parameter.grad = torch.full_like(parameter, 7.0)
+    optimizer.found_inf = torch.tensor(1.0)
+    optimizer.step()
+    assert all(torch.equal(state["momentum_buffer"], torch.zeros_like(state["momentum_buffer"]))
+               for state in optimizer.state.values())
+    optimizer.found_inf = torch.tensor(0.0)
+    parameter = next(model.parameters())
+    start = parameter.detach().clone()
+    optimizer.step()  # the first applied step: buffer = gradient; Nesterov: p -= lr (g + momentum g)
+    torch.testing.assert_close(parameter.detach(), start - 0.1 * 7.0 * (1 + config.momentum))
+
+
+def test_bf16_autocast_trains_on_the_cpu_close_to_fp32(corpus, tmp_path):
+    runs = {precision: tmp_path / precision for precision in ("fp32", "bf16")}
+    for precision, out in runs.items():
+        train(_config(corpus, out, epochs=1, precision=precision, log_every=1))
+    fp32, bf16 = (list(csv.DictReader(open(out / "log.csv"))) for out in runs.values())
+    assert [row["step"] for row in fp32] == [row["step"] for row in bf16] == ["1", "2"]
+    for a, b in zip(fp32, bf16):
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=0.01)
+    run_info = json.loads((runs["bf16"] / "run.json").read_text())
+    assert run_info["precision"] == "bfloat16"
+    weights = load_checkpoint(runs["bf16"] / "last.pt")["model"]
+    assert all(value.dtype == torch.float32 for value in weights.values())  # autocast changes no parameter
+
+
 def _forward(model, batch):
     logits, lengths = model(batch.features, batch.feature_lengths)
     return logits, batch.labels, lengths, batch.label_lengths
@@ -126,10 +241,11 @@ def test_checkpoint_loads_with_weights_only_and_keeps_the_alphabet(corpus, tmp_p
     assert json.loads(json.dumps(model.config.to_dict()))["alphabet"] == list(alphabet.symbols)
 
 
-def test_the_callers_thread_count_is_restored(corpus, tmp_path):
+def test_the_callers_thread_count_and_backend_settings_are_restored(corpus, tmp_path):
     before = torch.get_num_threads()
-    train(_config(corpus, tmp_path / "run", epochs=1, threads=1 if before != 1 else 2))
+    train(_config(corpus, tmp_path / "run", epochs=1, threads=1 if before != 1 else 2, deterministic=True))
     assert torch.get_num_threads() == before
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_learning_rate_defaults_per_optimizer_and_bad_values_are_refused(tmp_path):
