@@ -550,13 +550,16 @@ def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device:
     if ranks.is_main:
         _write_run_info(out_dir / "run.json", device, backend, state, ranks, precision)
 
-    # One loader per dataset for the whole run: workers forked once, before any training step.
+    # One loader per dataset for the whole run: their workers are forked once, before any
+    # training step has run threads or kernels, and serve every epoch and evaluation.
     pin = device.type == "cuda"
     sampler = SortaGradSampler(batches, config.seed, config.sortagrad, ranks.rank, ranks.world_size)
     loader = make_loader(train_set, sampler, config.num_workers, pin_memory=pin, persistent_workers=True)
     dev_sampler = SortaGradSampler(make_batches(dev_set.durations, math.inf, config.batch_size), rank=ranks.rank,
                                    world_size=ranks.world_size)
     dev_loader = make_loader(dev_set, dev_sampler, config.num_workers, pin_memory=pin, persistent_workers=True)
+    if config.num_workers:
+        iter(dev_loader)  # start its workers now, before the first step, as the train loader's start at it
     loop = _Loop(config, model, forward, optimizer, train_set, sampler, loader, state, device, backend, ranks,
                  precision, run)
 

@@ -1,3 +1,4 @@
+import copy
 import csv
 import json
 import logging
@@ -19,7 +20,9 @@ from ds2.model import DeepSpeech2, ModelConfig
 from ds2.synth import SynthConfig, synthesize_corpus
 from ds2.text import Alphabet
 from ds2.distributed import SINGLE
-from ds2.train import Tally, TrainConfig, TrainingError, build_optimizer, compute_losses, train, train_step
+from ds2.train import (
+    Tally, TrainConfig, TrainingError, build_optimizer, compute_losses, load_optimizer_state, train, train_step,
+)
 
 TINY_MODEL = dict(
     conv_layers=1, conv_channels=(4,), conv_kernels=((41, 11),), conv_strides=((4, 2),),
@@ -208,6 +211,31 @@ def test_a_skipped_first_step_leaves_sgd_momentum_at_zero():
     start = parameter.detach().clone()
     optimizer.step()  # the first applied step: buffer = gradient; Nesterov: p -= lr (g + momentum g)
     torch.testing.assert_close(parameter.detach(), start - 0.1 * 7.0 * (1 + config.momentum))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_an_unfused_optimizer_state_of_an_earlier_ds2_resumes_in_the_fused_one(name):
+    config = TrainConfig("t.json", "d.json", "out", optimizer=name, lr=0.1, model=ModelConfig(**TINY_MODEL))
+    torch.manual_seed(1)
+    model = DeepSpeech2(config.model)
+    earlier = (torch.optim.Adam(model.parameters(), lr=0.1) if name == "adam" else
+               torch.optim.SGD(model.parameters(), lr=0.1, momentum=config.momentum, nesterov=True))
+    reference = copy.deepcopy(model)
+    for step in range(2):  # the earlier optimizer's first step, then the step to compare
+        for parameter, same in zip(model.parameters(), reference.parameters()):
+            parameter.grad = torch.full_like(parameter, 0.5 + step)
+            same.grad = parameter.grad.clone()
+        if step == 0:
+            earlier.step()
+            reference.load_state_dict(model.state_dict())
+            ours = build_optimizer(reference, config)
+            load_optimizer_state(ours, copy.deepcopy(earlier.state_dict()))
+            assert all(group["fused"] for group in ours.param_groups)
+    earlier.step()
+    ours.found_inf = torch.tensor(0.0)
+    ours.step()
+    for parameter, same in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(same, parameter)
 
 
 def test_bf16_autocast_trains_on_the_cpu_close_to_fp32(corpus, tmp_path):
