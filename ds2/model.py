@@ -16,6 +16,11 @@ gate at padded steps, so padding never enters a real time step (see RecurrentLay
 Mixed precision: under torch.autocast the batch statistics and running averages stay float32
 and the normalized activations keep the autocast dtype.
 
+Data-parallel training: each rank's batch statistics are its own, as in DS2;
+:meth:`DeepSpeech2.sync_batch_norm` sums (count, sum, sum of squares) over the ranks instead,
+with one differentiable all-reduce per layer, which gives one process's statistics of the
+global batch.
+
 Padding and the GPU: padded frames may hold anything (NaN included); they are replaced with
 torch.where, never multiplied by a mask, so they reach no output or gradient of a real frame.
 Batch statistics are masked sums, not gathers of the valid values. The forward and backward

@@ -77,7 +77,7 @@ log = logging.getLogger("ds2.train")
 # 22.6% against 28.0% at 3e-4 (DS2's published range assumes another loss scaling); Adam at
 # 2e-3 reached 14.1% (recipes/tiny/RESULTS.md).
 DEFAULT_LR = {"sgd": 3e-3, "adam": 1e-3}
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "bf16", "tf32", "fp32")
 IDLE_FRAMES = 8  # input frames of the empty utterance a rank forwards when it has nothing to train on
 
 
@@ -107,9 +107,11 @@ class TrainConfig:
                               "or torch.", choices=ctc.BACKENDS)
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ... (under torchrun: auto, cuda or cpu; each rank "
                                  "takes GPU LOCAL_RANK).", pattern=DEVICE_PATTERN, pattern_help=DEVICE_HELP)
-    precision: str = option("auto", "Forward pass arithmetic: auto (bf16 autocast on a GPU, fp32 on the CPU), fp32, "
-                            "or bf16 (autocast, on the CPU too, where it is slow). The loss, gradients, optimizer and "
-                            "BatchNorm statistics stay fp32; fp32 matrix products on a GPU use TF32.", choices=PRECISIONS)
+    precision: str = option("auto", "Forward pass arithmetic: auto (bf16 on a GPU, fp32 on the CPU); bf16 (autocast, "
+                            "on the CPU too, where it is slow); tf32 (fp32 values, TF32 matrix products and "
+                            "convolutions on a GPU); fp32 (TF32 off too). bf16 uses TF32 for what autocast keeps in "
+                            "fp32. The loss, gradients, optimizer and BatchNorm statistics are fp32 in every mode.",
+                            choices=PRECISIONS)
     deterministic: bool = option(False, "Bit-identical reruns on a GPU: only deterministic cuDNN/cuBLAS algorithms "
                                  "(torch.use_deterministic_algorithms). Costs speed, more for convolutions; an "
                                  "operation without a deterministic GPU version stops the run with an error naming "
@@ -219,15 +221,17 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 @contextlib.contextmanager
-def backend_settings(device: torch.device, deterministic: bool):
-    """TF32 for fp32 matrix products and convolutions on a GPU; --deterministic's algorithm
-    restrictions. Process-wide settings, put back as they were afterwards."""
+def backend_settings(device: torch.device, precision: str, deterministic: bool):
+    """TF32 for fp32 matrix products and convolutions on a GPU (off for --precision fp32);
+    --deterministic's algorithm restrictions. Process-wide settings, put back as they were
+    afterwards."""
     saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic,
              torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
     try:
         if device.type == "cuda":
-            torch.set_float32_matmul_precision("high")  # TF32
-            torch.backends.cudnn.allow_tf32 = True
+            tf32 = precision != "fp32"
+            torch.set_float32_matmul_precision("high" if tf32 else "highest")
+            torch.backends.cudnn.allow_tf32 = tf32
         if deterministic:
             # cuBLAS is deterministic only with a fixed workspace, chosen before its first use.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -444,7 +448,7 @@ def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
     device = distributed.device_for(config.device, ranks)
     started = distributed.start(ranks, device)
     try:
-        with backend_settings(device, config.deterministic):
+        with backend_settings(device, config.precision, config.deterministic):
             return _train(config, alphabet, ranks, device)
     finally:
         if started:
@@ -528,12 +532,12 @@ def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device:
     state.batches = digest
     total_audio = sum(train_set.durations)
     backend = ctc.resolve_backend(config.ctc, device)
-    precision = autocast_dtype(config.precision, device)
+    precision = autocast_dtype(config.precision, device)  # None: fp32 (TF32 unless --precision fp32)
     log.info(
         "model: %.2fM parameters; train: %d utterances (%.2f h, %d skipped) in %d batches; dev: %d; device: %s; "
         "ranks: %d; precision: %s; CTC: %s",
         model.n_parameters() / 1e6, len(train_set), total_audio / 3600, len(train_set.skipped),
-        len(batches), len(dev_set), device, ranks.world_size, precision or torch.float32, backend,
+        len(batches), len(dev_set), device, ranks.world_size, _precision_name(config.precision, device), backend,
     )
 
     forward = model
@@ -548,7 +552,7 @@ def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device:
         )
     run = _Run(config, backend, out_dir, ranks, model, optimizer)
     if ranks.is_main:
-        _write_run_info(out_dir / "run.json", device, backend, state, ranks, precision)
+        _write_run_info(out_dir / "run.json", device, backend, state, ranks, _precision_name(config.precision, device))
 
     # One loader per dataset for the whole run: their workers are forked once, before any
     # training step has run threads or kernels, and serve every epoch and evaluation.
@@ -658,10 +662,17 @@ class _Run:
         save_checkpoint(path, self.model, training)
 
 
+def _precision_name(precision: str, device: torch.device) -> str:
+    """What --precision means on ``device``: bf16, tf32 or fp32."""
+    if autocast_dtype(precision, device) is not None:
+        return "bf16"
+    return "tf32" if device.type == "cuda" and precision != "fp32" else "fp32"
+
+
 def _write_run_info(path: Path, device: torch.device, backend: str, state: TrainState, ranks: Ranks,
-                    precision: torch.dtype | None) -> None:
+                    precision: str) -> None:
     info = dict(ds2_version=__version__, torch_version=torch.__version__, device=str(device), ctc_backend=backend,
-                world_size=ranks.world_size, precision=str(precision or torch.float32).replace("torch.", ""),
+                world_size=ranks.world_size, precision=precision,
                 torch_threads=torch.get_num_threads(), started_at_step=state.step, command=sys.argv)
     with atomic_write(path) as handle:
         json.dump(info, handle, indent=2)

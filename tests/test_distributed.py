@@ -126,6 +126,16 @@ def test_a_run_stopped_mid_epoch_resumes_with_another_number_of_ranks(corpus, on
     _assert_same_end(run, one_process)
 
 
+@pytest.mark.requires_cuda
+def test_two_gpus_with_nccl_equal_one_gpu(corpus, tmp_path):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs (NCCL refuses two ranks on one GPU)")
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(_config(corpus, one, device="cuda", precision="fp32", deterministic=True))
+    _torchrun(2, corpus, two, device="cuda", precision="fp32", deterministic=True, sync_batch_norm=True)
+    _assert_same_end(two, one)
+
+
 @pytest.mark.slow
 def test_per_rank_batch_norm_resumes_on_the_same_ranks_bit_for_bit(corpus, tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"

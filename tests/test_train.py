@@ -213,6 +213,39 @@ def test_a_skipped_first_step_leaves_sgd_momentum_at_zero():
     torch.testing.assert_close(parameter.detach(), start - 0.1 * 7.0 * (1 + config.momentum))
 
 
+@pytest.mark.requires_cuda
+def test_a_cuda_step_in_bf16_never_waits_for_the_device():
+    from ds2.data import Batch
+
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    try:
+        backend = ctc.resolve_backend("cuda", device)
+    except ValueError as err:  # the torch fallback reads lengths back: not what is measured here
+        pytest.skip(f"our CUDA CTC is not available: {err}")
+    lengths = torch.tensor([300, 280, 260, 120])
+    label_lengths = torch.tensor([20, 18, 15, 200])  # the last cannot fit: dropped on the host
+    labels = torch.randint(1, 29, (4, 200)) * (torch.arange(200) < label_lengths[:, None])
+    features = torch.randn(4, 161, 300) * (torch.arange(300) < lengths[:, None, None])
+    batch = Batch(features, lengths, labels, label_lengths, [0, 1, 2, 3], []).pin_memory()
+    config = TrainConfig("t.json", "d.json", "out", optimizer="sgd", lr=1e-3, model=ModelConfig(**TINY_MODEL))
+    model = DeepSpeech2(config.model).to(device).train()
+    optimizer = build_optimizer(model, config)
+    tally = Tally(device, SINGLE)
+    train_step(model, model, optimizer, batch, device, config, backend, precision=torch.bfloat16)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            grad_norm = train_step(model, model, optimizer, batch, device, config, backend,
+                                   precision=torch.bfloat16, tally=tally)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    counts = tally.read()
+    assert (counts["n_loss"], counts["unaligned"], counts["skipped_steps"]) == (6, 2, 0)
+    assert math.isfinite(float(grad_norm)) and all(p.dtype == torch.float32 for p in model.parameters())
+
+
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_an_unfused_optimizer_state_of_an_earlier_ds2_resumes_in_the_fused_one(name):
     config = TrainConfig("t.json", "d.json", "out", optimizer=name, lr=0.1, model=ModelConfig(**TINY_MODEL))
@@ -247,7 +280,7 @@ def test_bf16_autocast_trains_on_the_cpu_close_to_fp32(corpus, tmp_path):
     for a, b in zip(fp32, bf16):
         assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=0.01)
     run_info = json.loads((runs["bf16"] / "run.json").read_text())
-    assert run_info["precision"] == "bfloat16"
+    assert run_info["precision"] == "bf16"
     weights = load_checkpoint(runs["bf16"] / "last.pt")["model"]
     assert all(value.dtype == torch.float32 for value in weights.values())  # autocast changes no parameter
 
