@@ -550,7 +550,7 @@ def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device:
             model, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False, gradient_as_bucket_view=True,
         )
-    run = _Run(config, backend, out_dir, ranks, model, optimizer)
+    run = _Run(config, backend, ranks, model, optimizer)
     if ranks.is_main:
         _write_run_info(out_dir / "run.json", device, backend, state, ranks, _precision_name(config.precision, device))
 
@@ -564,8 +564,7 @@ def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device:
     dev_loader = make_loader(dev_set, dev_sampler, config.num_workers, pin_memory=pin, persistent_workers=True)
     if config.num_workers:
         iter(dev_loader)  # start its workers now, before the first step, as the train loader's start at it
-    loop = _Loop(config, model, forward, optimizer, train_set, sampler, loader, state, device, backend, ranks,
-                 precision, run)
+    loop = _Loop(config, model, forward, optimizer, sampler, loader, state, device, backend, ranks, precision, run)
 
     logger = RunLogger(out_dir, resume_state=state if resumed is not None else None) if ranks.is_main else None
     loop.logger = logger
@@ -597,8 +596,8 @@ def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device:
             run.save(last_path, state)
     except KeyboardInterrupt:
         if ranks.distributed:  # the other ranks may be gone: no collective, so no consistent state to save
-            log.warning("interrupted: %s from step %d is the newest state; continue with --resume", last_path,
-                        _saved_step(last_path))
+            log.warning("interrupted: the last checkpoint in %s is the newest state; continue with --resume",
+                        last_path)
         else:
             loop.read_counts()
             run.save(last_path, state)
@@ -617,20 +616,12 @@ def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device:
     return state
 
 
-def _saved_step(path: Path) -> int:
-    try:
-        return load_checkpoint(path)["training"]["state"]["step"]
-    except (ValueError, KeyError, TypeError):
-        return 0
-
-
 class _Run:
     """Writes checkpoints (rank 0) of the model as every rank holds it."""
 
-    def __init__(self, config: TrainConfig, backend: str, out_dir: Path, ranks: Ranks, model: DeepSpeech2, optimizer):
+    def __init__(self, config: TrainConfig, backend: str, ranks: Ranks, model: DeepSpeech2, optimizer):
         self.config = {k: v for k, v in asdict(config).items() if k != "model"}
         self.backend = backend
-        self.out_dir = out_dir
         self.ranks = ranks
         self.model = model
         self.optimizer = optimizer
@@ -710,10 +701,10 @@ def _check_usable(state: TrainState, config: TrainConfig) -> None:
 class _Loop:
     """The steps of the epochs; every rank runs the same steps and reads its counts at the same points."""
 
-    def __init__(self, config, model, forward, optimizer, train_set, sampler, loader, state, device, backend, ranks,
-                 precision, run: _Run):
+    def __init__(self, config, model, forward, optimizer, sampler, loader, state, device, backend, ranks, precision,
+                 run: _Run):
         self.config, self.model, self.forward, self.optimizer = config, model, forward, optimizer
-        self.train_set, self.sampler, self.loader, self.state = train_set, sampler, loader, state
+        self.sampler, self.loader, self.state = sampler, loader, state
         self.device, self.backend, self.ranks, self.precision, self.run = device, backend, ranks, precision, run
         self.tally = Tally(device, ranks)
         self.logger: RunLogger | None = None
