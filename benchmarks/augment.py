@@ -24,6 +24,7 @@ Columns:
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import sys
 import tempfile
@@ -62,8 +63,9 @@ def train_speed(manifest: str, dev: str, augment: AugmentOptions, steps: int, ou
     marks = []  # (time at the end of a step, audio seconds of its batch)
     original = ds2_train.train_step
 
-    def timed_step(model, optimizer, batch, *rest):
-        result = original(model, optimizer, batch, *rest)
+    def timed_step(*args, **kwargs):
+        result = original(*args, **kwargs)
+        batch = inspect.signature(original).bind(*args, **kwargs).arguments["batch"]
         marks.append((time.perf_counter(), audio.frames_to_seconds(float(batch.feature_lengths.sum()))))
         return result
 
