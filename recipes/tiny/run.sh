@@ -75,6 +75,8 @@ fi
 
 if run_stage 3; then
   log "Stage 3: train (log: $exp/train.log; curves: $exp/curves.png)"
+  # --lr and --grad-clip are for the mean loss per utterance of a minibatch of --batch-size
+  # utterances (all ranks together under torchrun): the same update on one process or N.
   "$ds2" train $data/train.json $data/dev.json --out-dir $exp \
     --epochs $epochs --batch-size 16 --optimizer adam --lr 2e-3 --anneal 2 --grad-clip 400 \
     --conv-layers 2 --conv-channels 32,16 --conv-kernels 41x11,21x11 --conv-strides 2x3,2x1 \
