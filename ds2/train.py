@@ -113,7 +113,8 @@ class TrainConfig:
                             "fp32. The loss, gradients, optimizer and BatchNorm statistics are fp32 in every mode.",
                             choices=PRECISIONS)
     deterministic: bool = option(False, "Bit-identical reruns on a GPU: only deterministic cuDNN/cuBLAS algorithms "
-                                 "(torch.use_deterministic_algorithms). Costs speed, more for convolutions; an "
+                                 "(torch.use_deterministic_algorithms, a fixed cuBLAS workspace). Costs speed: cuDNN "
+                                 "may not use its fastest convolution and RNN algorithms (not measured yet); an "
                                  "operation without a deterministic GPU version stops the run with an error naming "
                                  "it. The CPU path is deterministic without it.")
     sync_batch_norm: bool = option(False, "Under torchrun: BatchNorm statistics over the whole minibatch of all ranks "
