@@ -709,7 +709,7 @@ class _Loop:
         self.device, self.backend, self.ranks, self.precision, self.run = device, backend, ranks, precision, run
         self.tally = Tally(device, ranks)
         self.logger: RunLogger | None = None
-        self.window = dict(loss_sum=0.0, n_loss=0.0, frames=0.0, start=time.perf_counter())
+        self.window = _new_window()  # since the last log.csv row
 
     def read_counts(self) -> None:
         """Add every rank's counts since the last reading to the state (a collective)."""
@@ -734,12 +734,12 @@ class _Loop:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.sampler.set_epoch(state.epoch, state.batches_done)
+        self.window = _new_window()  # a row's window stays within an epoch (evaluation time is not training)
         bar = tqdm(
             self.loader, total=len(self.sampler.batches), initial=state.batches_done,
             disable=not (config.progress and self.ranks.is_main),
             desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="batch", dynamic_ncols=True,
         )
-        grad_norm = None
         for batch in bar:
             for _, message in batch.failures:
                 log.warning("skipped: %s", message)
@@ -779,7 +779,12 @@ class _Loop:
         if self.logger is not None:
             self.logger.step_row(self.state, lr, loss, float(grad_norm), speed)
             bar.set_postfix(loss=f"{loss:.2f}", audio_s_per_s=f"{speed:.0f}")
-        self.window = dict(loss_sum=0.0, n_loss=0.0, frames=0.0, start=time.perf_counter())
+        self.window = _new_window()
+
+
+def _new_window() -> dict[str, float]:
+    """Sums over the steps of one log.csv row, all ranks together."""
+    return dict(loss_sum=0.0, n_loss=0.0, frames=0.0, start=time.perf_counter())
 
 
 class RunLogger:
