@@ -447,6 +447,8 @@ def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
     threads = torch.get_num_threads()
     ranks = distributed.ranks_from_env()
     device = distributed.device_for(config.device, ranks)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # the current device: pinned-memory thread, NCCL, our CUDA CTC
     started = distributed.start(ranks, device)
     try:
         with backend_settings(device, config.precision, config.deterministic):
