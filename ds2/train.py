@@ -43,7 +43,7 @@ from ds2.checkpoint import load_checkpoint, save_checkpoint
 from ds2.config import DEVICE_HELP, DEVICE_PATTERN, check, option
 from ds2.data import Batch, SpeechDataset, epoch_batch_order, make_batches, make_loader
 from ds2.decode import greedy_decode
-from ds2.io import CsvLog, atomic_write, pyplot, read_csv, save_figure, select_device
+from ds2.io import CsvLog, atomic_write, compact_heap, pyplot, read_csv, save_figure, select_device
 from ds2.metrics import score_pairs
 from ds2.model import DeepSpeech2, ModelConfig
 from ds2.text import Alphabet
@@ -267,6 +267,7 @@ def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
 def _train(config: TrainConfig, alphabet: Alphabet | None) -> TrainState:
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    compact_heap()  # else the heap fragments and the process (and each forked worker) grows to GBs
     if config.threads:
         torch.set_num_threads(config.threads)
     device = select_device(config.device)
