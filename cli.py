@@ -59,10 +59,14 @@ def _setup_logging(log_file: Path | None = None, rank: int = 0) -> None:
 
 
 def _friendly_errors(command):
-    """Known input errors become one clear line on stderr and exit status 1, no traceback."""
+    """Known input errors become one clear line on stderr and exit status 1, no traceback.
+    Also sets up the process's memory allocator (:func:`ds2.io.compact_heap`)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from ds2.io import compact_heap
+
+        compact_heap()  # batches of many lengths would otherwise grow the process without bound
         try:
             return command(*args, **kwargs)
         except (ValueError, FileNotFoundError) as err:  # AudioError, ConfigError, ManifestError are ValueErrors

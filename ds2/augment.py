@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchaudio
 
 from ds2 import audio
 from ds2.config import ConfigError, check, check_ranges, option, parse_floats, show_floats
@@ -74,9 +75,15 @@ class AugmentOptions:
 
 
 class ClipBank:
-    """The audio files of a noise or impulse-response manifest, read on demand."""
+    """The audio files of a noise or impulse-response manifest, read on demand.
 
-    def __init__(self, manifest: str | Path, what: str):
+    A collection of at most ``cache_seconds`` of audio (the generated noises are 800 s) is
+    kept in memory as each file is first used (float32: 3600 s take 230 MB per loader
+    worker): reading a slice from memory instead of opening the file for every clip halves
+    what noise costs the loader. Larger collections (MUSAN is about 100 h) are read from disk.
+    """
+
+    def __init__(self, manifest: str | Path, what: str, cache_seconds: float = 3600.0):
         self.manifest = Path(manifest)
         self.what = what
         self.records = []
@@ -85,6 +92,8 @@ class ClipBank:
                 self.records.append((record["audio_filepath"], float(record["duration"])))
         if not self.records:
             raise ValueError(f"{self.manifest}: no {what} files with a positive duration")
+        self.cached = sum(duration for _, duration in self.records) <= cache_seconds
+        self._audio: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -92,18 +101,32 @@ class ClipBank:
     def pick(self, rng: np.random.Generator) -> tuple[str, float]:
         return self.records[int(rng.integers(len(self.records)))]
 
+    def samples(self, path: str, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
+        """The file's samples from ``offset`` seconds on, ``duration`` seconds of them (None:
+        to the end), as :func:`ds2.audio.load_audio` reads them; from memory when cached."""
+        if not self.cached:
+            return audio.load_audio(path, offset=offset, duration=duration).numpy()
+        if path not in self._audio:  # an unreadable file raises here, each time it is picked
+            self._audio[path] = audio.load_audio(path).numpy()
+        start = int(round(offset * audio.SAMPLE_RATE))
+        stop = None if duration is None else start + int(round(duration * audio.SAMPLE_RATE))
+        return self._audio[path][start:stop]
 
-def read_clip(path: str, duration: float, n_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """``n_samples`` of a noise file from a random offset (the file repeated when shorter).
+
+def read_clip(path: str, duration: float, n_samples: int, rng: np.random.Generator,
+              bank: ClipBank | None = None) -> np.ndarray:
+    """``n_samples`` of a noise file from a random offset (the file repeated when shorter),
+    through ``bank`` (its memory cache) when given.
 
     Raises AudioError (unreadable) or ValueError (silent or non-finite) naming the file.
     """
     needed = n_samples / audio.SAMPLE_RATE
+    read = bank.samples if bank is not None else (lambda p, **k: audio.load_audio(p, **k).numpy())
     if duration > needed + 0.01:
         offset = float(rng.uniform(0.0, duration - needed - 0.01))
-        clip = audio.load_audio(path, offset=offset, duration=needed + 0.01).numpy()
+        clip = read(path, offset=offset, duration=needed + 0.01)
     else:
-        clip = audio.load_audio(path).numpy()
+        clip = read(path)
     if len(clip) < n_samples:  # a short clip, or rounding at the end of a file: repeat it from a random start
         clip = np.roll(clip, int(rng.integers(len(clip))))
         clip = np.tile(clip, n_samples // len(clip) + 1)
@@ -143,12 +166,20 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarr
     return (speech + scale * noise).astype(np.float32)
 
 
+_resamplers: dict[int, torchaudio.transforms.Resample] = {}
+
+
 def change_speed(waveform: torch.Tensor, factor: float) -> torch.Tensor:
-    """Play ``waveform`` ``factor`` times faster (tempo and pitch together), by resampling."""
+    """Play ``waveform`` ``factor`` times faster (tempo and pitch together), by resampling
+    (torchaudio's windowed sinc, as :func:`ds2.audio.resample`, with the kernel made once per
+    factor: half the cost of making it at every call)."""
     if factor == 1.0:
         return waveform
     rate = int(round(audio.SAMPLE_RATE * factor / 100)) * 100  # keep the rates' ratio simple
-    return audio.resample(waveform, rate, audio.SAMPLE_RATE)
+    if rate not in _resamplers:
+        _resamplers[rate] = torchaudio.transforms.Resample(rate, audio.SAMPLE_RATE)
+    with torch.no_grad():
+        return _resamplers[rate](waveform)
 
 
 def spec_augment(features: torch.Tensor, options: AugmentOptions, rng: np.random.Generator) -> torch.Tensor:
@@ -224,7 +255,7 @@ class Augmenter:
             for _ in range(n_clips):
                 path, duration = self.noises.pick(rng)
                 try:
-                    clip = read_clip(path, duration, len(samples), rng)
+                    clip = read_clip(path, duration, len(samples), rng, self.noises)
                 except (ValueError, audio.AudioError) as err:
                     notes.append(str(err))
                     continue

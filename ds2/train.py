@@ -65,7 +65,7 @@ from ds2.config import DEVICE_HELP, DEVICE_PATTERN, check, option
 from ds2.data import Batch, SortaGradSampler, SpeechDataset, make_batches, make_loader
 from ds2.decode import greedy_decode
 from ds2.distributed import SINGLE, Ranks
-from ds2.io import CsvLog, atomic_write, pyplot, read_csv, save_figure
+from ds2.io import CsvLog, atomic_write, compact_heap, pyplot, read_csv, save_figure
 from ds2.metrics import score_pairs
 from ds2.model import DeepSpeech2, ModelConfig
 from ds2.text import Alphabet
@@ -464,6 +464,7 @@ def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device:
     out_dir = Path(config.out_dir)
     if ranks.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+    compact_heap()  # else the heap fragments and the process (and each forked worker) grows to GBs
     if config.threads:
         torch.set_num_threads(config.threads)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"

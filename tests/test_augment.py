@@ -12,7 +12,7 @@ import torch
 
 from conftest import noise_burst, tone, write_audio
 from ds2 import audio
-from ds2.augment import (AugmentOptions, Augmenter, change_speed, mix_at_snr, read_clip, reverberate,
+from ds2.augment import (AugmentOptions, Augmenter, ClipBank, change_speed, mix_at_snr, read_clip, reverberate,
                          spec_augment)
 from ds2.checkpoint import load_checkpoint
 from ds2.config import ConfigError
@@ -61,7 +61,15 @@ def test_noise_files_of_any_length_rate_and_channels_are_read_at_the_needed_leng
     short = read_clip(str(tmp_path / "short_8k_stereo.wav"), 0.5, 3 * RATE, rng)  # repeated to 3 s
     assert short.shape == (3 * RATE,) and np.isfinite(short).all()
     assert np.abs(short[: RATE // 2]).max() > 0 and np.abs(short[-RATE // 2:]).max() > 0
-    assert manifest.exists()
+    # a small collection is read once into memory, and slices of it equal reading the file there
+    bank, on_disk = ClipBank(manifest, "noise"), ClipBank(manifest, "noise", cache_seconds=10.0)
+    assert bank.cached and not on_disk.cached
+    calls.clear()
+    for seed in range(5):
+        cached = read_clip(str(tmp_path / "long.wav"), 30.0, 2 * RATE, np.random.default_rng(seed), bank)
+        assert np.array_equal(cached, read_clip(str(tmp_path / "long.wav"), 30.0, 2 * RATE,
+                                                np.random.default_rng(seed), on_disk))
+    assert len(calls) == 1 + 5  # the whole file once for the cache, then each on-disk read
 
 
 def test_a_bad_noise_clip_is_skipped_and_reported_not_fatal(tmp_path):
@@ -110,6 +118,13 @@ def test_reverberation_keeps_the_timing_and_the_level():
     assert wet.shape == speech.shape
     assert np.mean(wet ** 2) == pytest.approx(np.mean(speech ** 2), rel=1e-3)
     assert not np.allclose(wet, speech, atol=1e-2)
+
+
+def test_speed_resamples_as_ds2_audio_does():  # to float rounding: the kernel is made once, in float32
+    speech = torch.from_numpy(tone(300, 1.0, RATE))
+    for factor in (0.9, 1.1, 0.9):  # the second 0.9 reuses the kernel made for the first
+        rate = int(round(RATE * factor / 100)) * 100
+        torch.testing.assert_close(change_speed(speech, factor), audio.resample(speech, rate, RATE), rtol=0, atol=1e-5)
 
 
 def test_speed_changes_the_length_and_the_pitch():

@@ -131,13 +131,24 @@ all_sets="clean snr5 voices"
 [ -f $data/test_real.json ] && all_sets="$all_sets real"
 if run_stage 7; then
   log "Stage 7: the models on the test sets, greedy and with the LM"
+  missing=""
   for model in clean aug all all_aug; do
     case $model in
       clean) model_dir=$tiny/exp; model_sets="$sets voices" ;;
       aug) model_dir=$exp/aug; model_sets="$sets voices" ;;
       *) model_dir=$exp/$model; model_sets=$all_sets ;;
     esac
+    if [ ! -f $model_dir/decoding.json ]; then
+      log "Stage 7: $model_dir has no tuned model yet: $model skipped"
+      missing="$missing $model"
+      continue
+    fi
     for set in $model_sets; do
+      if [ ! -f $data/test_$set.json ]; then
+        log "Stage 7: no $data/test_$set.json yet (stage 5 makes test_voices): $model on $set skipped"
+        missing="$missing $model/$set"
+        continue
+      fi
       out=$exp/decode/$model/$set
       [ -f $out/score_lm.json ] && continue # decoded before this stage was interrupted
       mkdir -p $out
@@ -149,7 +160,11 @@ if run_stage 7; then
       log "$model model, $set: greedy $(grep '^WER' $out/score_greedy.txt | awk '{print $NF}') %, LM $(grep '^WER' $out/score_lm.txt | awk '{print $NF}') %"
     done
   done
-  done_stage 7
+  if [ -n "$missing" ]; then
+    log "Stage 7: not done, missing:$missing (run their stages, then this one again)"
+  else
+    done_stage 7
+  fi
 fi
 
 if run_stage 8; then
