@@ -105,12 +105,16 @@ class ClipBank:
         """The file's samples from ``offset`` seconds on, ``duration`` seconds of them (None:
         to the end), as :func:`ds2.audio.load_audio` reads them; from memory when cached."""
         if not self.cached:
-            return audio.load_audio(path, offset=offset, duration=duration).numpy()
+            return _read_file(path, offset, duration)
         if path not in self._audio:  # an unreadable file raises here, each time it is picked
-            self._audio[path] = audio.load_audio(path).numpy()
+            self._audio[path] = _read_file(path)
         start = int(round(offset * audio.SAMPLE_RATE))
         stop = None if duration is None else start + int(round(duration * audio.SAMPLE_RATE))
         return self._audio[path][start:stop]
+
+
+def _read_file(path: str, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
+    return audio.load_audio(path, offset=offset, duration=duration).numpy()
 
 
 def read_clip(path: str, duration: float, n_samples: int, rng: np.random.Generator,
@@ -121,10 +125,10 @@ def read_clip(path: str, duration: float, n_samples: int, rng: np.random.Generat
     Raises AudioError (unreadable) or ValueError (silent or non-finite) naming the file.
     """
     needed = n_samples / audio.SAMPLE_RATE
-    read = bank.samples if bank is not None else (lambda p, **k: audio.load_audio(p, **k).numpy())
+    read = bank.samples if bank is not None else _read_file
     if duration > needed + 0.01:
         offset = float(rng.uniform(0.0, duration - needed - 0.01))
-        clip = read(path, offset=offset, duration=needed + 0.01)
+        clip = read(path, offset, needed + 0.01)
     else:
         clip = read(path)
     if len(clip) < n_samples:  # a short clip, or rounding at the end of a file: repeat it from a random start
