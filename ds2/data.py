@@ -177,6 +177,10 @@ class SpeechDataset(torch.utils.data.Dataset):
     def durations(self) -> list[float]:
         return [record["duration"] for record in self.records]
 
+    @property
+    def label_lengths(self) -> list[int]:
+        return [len(record["labels"]) for record in self.records]
+
     def __getitem__(self, item: int | tuple[int, ...]) -> Example | tuple[int, str]:
         index, epoch, first = (tuple(item) + (None,))[:3] if isinstance(item, tuple) else (item, None, None)
         record = self.records[index]
@@ -251,32 +255,64 @@ def collate(items: list) -> Batch:
 # --------------------------------------------------------------------------- batching
 
 
-def make_batches(durations: list[float], batch_seconds: float, max_batch_size: int) -> list[list[int]]:
+@dataclass(frozen=True)
+class BatchCost:
+    """What a padded minibatch costs against a budget, in seconds of padded audio.
+
+    A minibatch of B utterances whose longest lasts D seconds and whose longest transcript has
+    L labels costs B x (D + c x T' x (2L + 1)) seconds: its padded audio, which the features
+    and every layer's activations grow with, plus CTC's alpha/beta lattice of B x T' x (2L + 1)
+    cells (T' output steps of D seconds at the model's time stride; each label with a blank on
+    either side), each cell counted as the c seconds of audio whose activations take as much
+    memory. With c = 0 (the default) the cost is the padded audio alone.
+    """
+
+    ctc_seconds_per_cell: float = 0.0  # c: audio seconds whose activations fill one lattice cell's memory
+    time_stride: int = 1  # input frames per output step (the model's convolution stride in time)
+
+    def __call__(self, count: int, longest: float, most_labels: int) -> float:
+        if not self.ctc_seconds_per_cell:
+            return count * longest
+        steps = -(-audio.duration_to_frames(longest) // self.time_stride)
+        return count * (longest + self.ctc_seconds_per_cell * steps * (2 * most_labels + 1))
+
+
+def make_batches(durations: list[float], batch_seconds: float, max_batch_size: int,
+                 label_lengths: list[int] | None = None, cost: BatchCost = BatchCost(),
+                 sort_keys: list[float] | None = None) -> list[list[int]]:
     """Group utterances of similar length into minibatches.
 
-    Utterances are sorted by duration and cut into consecutive groups holding at most
-    ``batch_seconds`` of padded audio (longest utterance x batch size) and at most
-    ``max_batch_size`` utterances. Sorting first keeps padding small.
+    Utterances are sorted by ``sort_keys`` (default: their durations) and cut into consecutive
+    groups of at most ``max_batch_size`` utterances whose ``cost`` is at most ``batch_seconds``
+    (:class:`BatchCost`: padded audio seconds, and CTC's lattice when it counts it and
+    ``label_lengths`` are given). An utterance over the budget alone gets a minibatch of its
+    own. Sorting first keeps padding small.
 
-    Returns the batches in increasing order of their longest utterance, which is the
-    SortaGrad order of DS2's first epoch.
+    Returns the batches in increasing order of their sort keys (with the durations as keys, the
+    SortaGrad order of DS2's first epoch); each lists its utterances by increasing duration.
     """
-    order = sorted(range(len(durations)), key=lambda i: (durations[i], i))
+    keys = durations if sort_keys is None else sort_keys
+    order = sorted(range(len(durations)), key=lambda i: (keys[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
+    longest = most_labels = 0
     for index in order:
-        longest = durations[index]  # sorted, so the newcomer is the longest
-        if current and (len(current) + 1 > max_batch_size or (len(current) + 1) * longest > batch_seconds):
+        labels = label_lengths[index] if label_lengths is not None else 0
+        grown = (max(longest, durations[index]), max(most_labels, labels))
+        if current and (len(current) + 1 > max_batch_size or cost(len(current) + 1, *grown) > batch_seconds):
             batches.append(current)
-            current = []
+            current, grown = [], (durations[index], labels)
         current.append(index)
+        longest, most_labels = grown
     if current:
         batches.append(current)
+    if sort_keys is not None:  # deal out by length (SortaGradSampler.shard), shortest first
+        batches = [sorted(batch, key=lambda i: (durations[i], i)) for batch in batches]
     return batches
 
 
 def epoch_batch_order(n_batches: int, epoch: int, seed: int, sortagrad: bool = True) -> list[int]:
-    """The order in which an epoch visits the (length-sorted) batches.
+    """The order in which an epoch visits its (length-sorted) batches.
 
     SortaGrad: epoch 0 goes in increasing length; later epochs, and every epoch when
     ``sortagrad`` is off, in a random order that depends only on (seed, epoch), so a
@@ -289,18 +325,66 @@ def epoch_batch_order(n_batches: int, epoch: int, seed: int, sortagrad: bool = T
     return order
 
 
+@dataclass(frozen=True)
+class Bucketing:
+    """How the utterances are cut into global minibatches, epoch by epoch.
+
+    :meth:`batches` is a pure function of these fields and the epoch: every rank computes the
+    same global minibatches, and a run resumed inside an epoch replays that epoch's exactly.
+
+    SortaGrad's first epoch sorts the utterances by duration, cuts them by the budget
+    (:func:`make_batches`) and goes by increasing length. Every other epoch (every epoch without
+    ``sortagrad``) sorts them by their duration times a factor drawn from [1 - jitter,
+    1 + jitter] (seeded by seed and epoch), cuts them by the budget again and visits the
+    minibatches in a random order (:func:`epoch_batch_order`): an utterance meets other
+    neighbours of about its length each epoch, while the padding stays within about 2 x jitter
+    of each minibatch's longest. The number of minibatches may differ from epoch to epoch.
+    With jitter 0 every epoch has the first epoch's minibatches, in a new order.
+    """
+
+    durations: tuple[float, ...]  # seconds, one per utterance (dataset order)
+    max_batch_size: int  # most utterances per minibatch
+    batch_seconds: float = math.inf  # budget of BatchCost per minibatch
+    label_lengths: tuple[int, ...] | None = None  # labels per utterance, for the CTC term of the cost
+    cost: BatchCost = BatchCost()
+    seed: int = 0
+    sortagrad: bool = True
+    jitter: float = 0.0  # 0 <= jitter < 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "durations", tuple(self.durations))
+        if self.label_lengths is not None:
+            object.__setattr__(self, "label_lengths", tuple(self.label_lengths))
+        if not 0 <= self.jitter < 1:
+            raise ValueError(f"bucket jitter must be in [0, 1), got {self.jitter}")
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The global minibatches of ``epoch`` (lists of dataset indices), in the order it visits them."""
+        keys = None
+        if self.jitter and not (epoch == 0 and self.sortagrad):
+            rng = random.Random(f"ds2 bucketing {self.seed} {epoch}")  # str seeds hash with SHA-512: stable
+            keys = [duration * rng.uniform(1 - self.jitter, 1 + self.jitter) for duration in self.durations]
+        batches = make_batches(self.durations, self.batch_seconds, self.max_batch_size, self.label_lengths,
+                               self.cost, keys)
+        return [batches[i] for i in epoch_batch_order(len(batches), epoch, self.seed, self.sortagrad)]
+
+    def cost_of(self, batch: list[int]) -> float:
+        """``batch``'s cost against the budget (seconds)."""
+        labels = max((self.label_lengths[i] for i in batch), default=0) if self.label_lengths is not None else 0
+        return self.cost(len(batch), max(self.durations[i] for i in batch), labels)
+
+
 class SortaGradSampler:
     """This rank's share of every minibatch of an epoch, in the epoch's order (a DataLoader
     ``batch_sampler``).
 
-    ``batches`` are the global minibatches (lists of dataset indices, from :func:`make_batches`),
-    the same on every rank; an epoch visits them in :func:`epoch_batch_order` (SortaGrad: the
-    first epoch by increasing length). Each global batch is dealt out like cards, in its length
-    order: rank r gets the utterances at positions r, r + N, r + 2N, ... So the ranks' shards
-    are disjoint, of similar lengths (neighbours in length order, so each rank's padding and
-    work are alike), sizes differ by at most one, and every rank gets one shard per global
-    batch (empty when the batch has fewer utterances than ranks): every rank takes the same
-    number of steps. With one rank the shard is the whole batch.
+    The global minibatches (lists of dataset indices) are the epoch's :meth:`Bucketing.batches`,
+    the same on every rank (SortaGrad: the first epoch by increasing length). Each global batch
+    is dealt out like cards, in its length order: rank r gets the utterances at positions r,
+    r + N, r + 2N, ... So the ranks' shards are disjoint, of similar lengths (neighbours in
+    length order, so each rank's padding and work are alike), sizes differ by at most one, and
+    every rank gets one shard per global batch (empty when the batch has fewer utterances than
+    ranks): every rank takes the same number of steps. With one rank the shard is the whole batch.
 
     Items are ``(index, epoch, first index of the global batch)``: what the dataset's
     augmenter seeds from, so an utterance gets the same augmentation whatever the number of
@@ -309,26 +393,32 @@ class SortaGradSampler:
     iterating, so one loader with persistent workers serves every epoch.
     """
 
-    def __init__(self, batches: list[list[int]], seed: int = 0, sortagrad: bool = True, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(self, bucketing: Bucketing, rank: int = 0, world_size: int = 1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not one of {world_size} ranks")
-        self.batches = batches
-        self.seed = seed
-        self.sortagrad = sortagrad
+        self.bucketing = bucketing
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
         self.start = 0
+        self._batches: list[list[int]] | None = None  # the epoch's, cut when first asked for
+
+    @property
+    def batches(self) -> list[list[int]]:
+        """The epoch's global minibatches, in order."""
+        if self._batches is None:
+            self._batches = self.bucketing.batches(self.epoch)
+        return self._batches
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if epoch != self.epoch:
+            self._batches = None
         self.epoch = epoch
         self.start = start
 
     def global_batches(self) -> list[list[int]]:
         """The global batches still to come in this epoch, in order."""
-        order = epoch_batch_order(len(self.batches), self.epoch, self.seed, self.sortagrad)
-        return [self.batches[i] for i in order[self.start :]]
+        return self.batches[self.start :]
 
     def shard(self, batch: list[int]) -> list[int]:
         """This rank's utterances of a global batch."""

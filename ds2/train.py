@@ -12,11 +12,18 @@ The same command runs data-parallel on N GPUs (or N CPU processes) of one or mor
         -o exp/big --batch-size 128 ...
 
 Each rank works on its LOCAL_RANK GPU (NCCL) or the CPU (gloo), wrapped in
-DistributedDataParallel. ``--batch-size`` and ``--batch-seconds`` size the global minibatch,
-all ranks together, and :class:`ds2.data.SortaGradSampler` deals each one out to the ranks;
-so the minibatches, the learning rate and the checkpoints mean the same whatever the number
-of ranks, and a run can be resumed with another number of ranks. BatchNorm statistics are
-each rank's own, as in DS2 (``--sync-batch-norm``: over the global minibatch).
+DistributedDataParallel. ``--batch-size`` (most utterances) and ``--batch-seconds`` (a memory
+budget in seconds of padded audio, CTC's lattice included; by default --batch-size x 15 s) size
+the global minibatch, all ranks together; SortaGrad's first epoch is sorted by length, and
+every later epoch is cut anew from lengths with a little noise (``--bucket-jitter``;
+:class:`ds2.data.Bucketing`). :class:`ds2.data.SortaGradSampler` deals each minibatch out to
+the ranks; so the minibatches, the learning rate and the checkpoints mean the same whatever
+the number of ranks, and a run can be resumed with another number of ranks. BatchNorm
+statistics are each rank's own, as in DS2 (``--sync-batch-norm``: over the global minibatch).
+
+Before the first step, forward, CTC and backward run once on zeros shaped like the costliest
+minibatch (``--no-dry-run`` skips it): a budget too large for the device fails in seconds,
+with the option to lower, instead of hours in, when SortaGrad reaches the longest utterances.
 
 What lands in the output folder (written by rank 0 only):
 
@@ -50,6 +57,7 @@ import logging
 import math
 import os
 import random
+import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -62,7 +70,7 @@ from ds2 import __version__, audio, ctc, distributed
 from ds2.augment import AugmentOptions, Augmenter
 from ds2.checkpoint import load_checkpoint, save_checkpoint
 from ds2.config import DEVICE_HELP, DEVICE_PATTERN, check, option
-from ds2.data import Batch, SortaGradSampler, SpeechDataset, make_batches, make_loader
+from ds2.data import Batch, BatchCost, Bucketing, SortaGradSampler, SpeechDataset, make_batches, make_loader
 from ds2.decode import greedy_decode
 from ds2.distributed import SINGLE, Ranks
 from ds2.io import CsvLog, atomic_write, compact_heap, pyplot, read_csv, save_figure
@@ -77,6 +85,17 @@ log = logging.getLogger("ds2.train")
 # 22.6% against 28.0% at 3e-4 (DS2's published range assumes another loss scaling); Adam at
 # 2e-3 reached 14.1% (recipes/tiny/RESULTS.md).
 DEFAULT_LR = {"sgd": 3e-3, "adam": 1e-3}
+# The default --batch-seconds is --batch-size utterances of this length: only minibatches of
+# longer utterances get fewer (the tiny recipe's, of at most 10 s, are not cut).
+BUDGET_SECONDS_PER_UTTERANCE = 15.0
+# What autograd keeps for the backward pass, per value of the input and of each layer's output
+# (a conv's output, its BatchNorm and clipped ReLU; a GRU's gates and states): 2.3 to 3.0
+# values, measured with saved-tensor hooks on the CPU in fp32 for the tests' model, the tiny
+# recipe's, the default and DS2's 2 conv + 3 x 512 GRU (tests/test_train.py checks it).
+SAVED_VALUES_PER_OUTPUT = 3
+# Bytes per CTC lattice cell (frame x label state) in training: torch's CTC keeps log-alpha and
+# computes log-beta in float32 (8); our CUDA kernel keeps alpha in float32 (4).
+CTC_BYTES_PER_CELL = 8
 PRECISIONS = ("auto", "bf16", "tf32", "fp32")
 IDLE_FRAMES = 8  # input frames of the empty utterance a rank forwards when it has nothing to train on
 
@@ -91,8 +110,20 @@ class TrainConfig:
     epochs: int = option(20, "Passes over the training set.", min=1)
     batch_size: int = option(32, "Most utterances per minibatch, all ranks together (under torchrun each rank "
                                  "gets its share of every minibatch).", min=1)
-    batch_seconds: float = option(0.0, "Most padded audio seconds per minibatch, all ranks together (0: no limit).",
-                                  min=0)
+    batch_seconds: float | None = option(
+        None, "Memory budget of a minibatch, all ranks together, in seconds of padded audio: the number of utterances "
+        "times the longest one's duration, plus CTC's lattice (utterances x output steps x (2 x longest transcript + "
+        "1)) counted as the audio whose activations take as much memory, estimated from the model's layer sizes. "
+        "Minibatches take utterances of similar length up to --batch-size or this budget. Default: --batch-size x "
+        f"{BUDGET_SECONDS_PER_UTTERANCE:g} s, which caps only minibatches of longer utterances; 0: no budget.", min=0)
+    bucket_jitter: float = option(0.05, "After SortaGrad's first epoch, cut the minibatches anew every epoch from the "
+                                  "utterances sorted by duration times a random factor in [1 - J, 1 + J] (seeded by "
+                                  "--seed and the epoch), so utterances meet other neighbours of similar length; "
+                                  "padding grows with J (tiny recipe: 0.3 % of the frames at 0, 4.4 % at 0.05, 8.5 % "
+                                  "at 0.1). 0: the same minibatches every epoch, in a new order.", min=0, max=0.5)
+    dry_run: bool = option(True, "Before training, run forward, CTC and backward once on zeros shaped like the "
+                           "costliest minibatch (the model is left as it was), so a budget too large for the device "
+                           "fails in seconds, with the option to lower; logs its time and peak memory.")
     max_duration: float | None = option(None, "Skip utterances longer than this (s).", above=0)
     optimizer: str = option("sgd", "sgd (Nesterov momentum, DS2) or adam.", choices=tuple(DEFAULT_LR))
     lr: float | None = option(None, "Learning rate of the first epoch, for the mean loss per utterance of a "
@@ -165,7 +196,7 @@ class TrainState:
     epoch_seen: int = 0  # training utterances the current epoch has come to so far
     epoch_unusable: int = 0  # ... of which could not be used (unreadable, unaligned, non-finite)
     audio_frames: int = 0  # audio_seconds in spectrogram frames (an exact count)
-    batches: str = ""  # digest of the minibatches (a resume must cut the data the same way)
+    batches: str = ""  # digest of the current epoch's minibatches, in order (a resume must replay the same)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -206,8 +237,46 @@ def epoch_lr(config: TrainConfig, epoch: int) -> float:
 
 
 def batches_digest(batches: list[list[int]]) -> str:
-    """A short fingerprint of the minibatches (which utterances, in which groups)."""
+    """A short fingerprint of the minibatches (which utterances, in which groups, in which order)."""
     return hashlib.sha1(json.dumps(batches).encode()).hexdigest()[:16]
+
+
+def activation_bytes_per_step(config: ModelConfig) -> float:
+    """Estimated training memory of one utterance's activations per output step, in fp32:
+    SAVED_VALUES_PER_OUTPUT x 4 bytes x the widths of the input and of every layer's output,
+    each at its own time resolution (a convolution before the last time stride has several
+    steps per output step)."""
+    frames = float(config.time_stride)  # input frames per output step
+    n_freq = config.n_freq
+    values = n_freq * frames
+    for layer in range(config.conv_layers):
+        kernel, stride = config.conv_kernels[layer], config.conv_strides[layer]
+        n_freq = (n_freq + 2 * (kernel[0] // 2) - kernel[0]) // stride[0] + 1
+        frames /= stride[1]
+        values += config.conv_channels[layer] * n_freq * frames
+    gates = 3 if config.rnn_type == "gru" else 1
+    directions = 2 if config.bidirectional else 1
+    values += config.rnn_layers * config.rnn_hidden * directions * (gates + 1)  # input products, outputs
+    values += config.rnn_hidden if config.lookahead else 0
+    values += config.fc_hidden + config.n_outputs
+    return SAVED_VALUES_PER_OUTPUT * 4 * values
+
+
+def batch_cost(config: ModelConfig) -> BatchCost:
+    """The cost of a minibatch for ``config``'s model: padded audio seconds plus CTC's lattice,
+    each cell counted as the audio whose activations take as much memory (CTC_BYTES_PER_CELL)."""
+    bytes_per_second = activation_bytes_per_step(config) * audio.FRAMES_PER_SECOND / config.time_stride
+    return BatchCost(CTC_BYTES_PER_CELL / bytes_per_second, config.time_stride)
+
+
+def make_bucketing(config: TrainConfig, dataset: SpeechDataset, model_config: ModelConfig) -> Bucketing:
+    """The training set's minibatches, epoch by epoch, as configured (the budget's default:
+    --batch-size x BUDGET_SECONDS_PER_UTTERANCE; 0: none)."""
+    budget = config.batch_seconds
+    if budget is None:
+        budget = config.batch_size * BUDGET_SECONDS_PER_UTTERANCE
+    return Bucketing(dataset.durations, config.batch_size, budget or math.inf, dataset.label_lengths,
+                     batch_cost(model_config), config.seed, config.sortagrad, config.bucket_jitter)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -388,6 +457,102 @@ def train_step(model: DeepSpeech2, forward, optimizer, batch: Batch, device, con
     return grad_norm
 
 
+@dataclass
+class DryRun:
+    """What the dry run of one minibatch took."""
+
+    seconds: float
+    peak_bytes: int  # GPU: the most memory allocated on it; CPU: the process's peak resident size so far
+
+
+def dry_run(model: DeepSpeech2, frames: list[int], label_lengths: list[int], device: torch.device, backend: str,
+            precision: torch.dtype | None = None) -> DryRun:
+    """Forward, CTC loss and backward of one minibatch of zeros as a training step computes them
+    (no optimizer step): utterances of ``frames`` input frames with ``label_lengths`` labels.
+
+    The model is left as it was: its buffers (BatchNorm running averages) are put back and its
+    gradients set to None. Running out of memory raises what the step would raise
+    (torch.OutOfMemoryError on a GPU; the CPU allocator's RuntimeError, if the system does not
+    kill the process first).
+    """
+    model.train()
+    buffers = [buffer.detach().clone() for buffer in model.buffers()]
+    n_labels = max(label_lengths, default=0)
+    # labels 1, 2, 1, 2, ...: no repeats, so a transcript fits as many output steps as it has labels
+    pattern = torch.arange(n_labels) % max(model.config.n_outputs - 1, 1) + 1
+    labels = torch.where(torch.arange(n_labels)[None, :] < torch.tensor(label_lengths)[:, None], pattern, 0)
+    batch = Batch(torch.zeros(len(frames), model.config.n_freq, max(frames, default=0)), torch.tensor(frames),
+                  labels, torch.tensor(label_lengths), list(range(len(frames))), [])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    try:
+        with _autocast(device, precision):
+            losses = compute_losses(model, batch, device, backend)
+        losses.loss_sum.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    finally:
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, saved in zip(model.buffers(), buffers):
+                buffer.copy_(saved)
+    seconds = time.perf_counter() - start
+    if device.type == "cuda":
+        return DryRun(seconds, torch.cuda.max_memory_allocated(device))
+    return DryRun(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # KiB on Linux
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def _dry_run_costliest(model: DeepSpeech2, sampler: SortaGradSampler, batches: list[list[int]], config: TrainConfig,
+                       device: torch.device, backend: str, precision: torch.dtype | None, ranks: Ranks) -> None:
+    """The dry run of this rank's share of the epoch's costliest minibatch, padded as a step pads
+    it (every utterance as long as the longest, at the slowest speed augmentation may play it,
+    with as many labels as the longest transcript). Every rank calls it; if any runs out of
+    memory, every rank stops with an error that says which option to lower.
+
+    Later epochs cut their minibatches within the same budget, so they cost about as much (the
+    costliest of the first epoch is within one utterance of the budget where the budget binds).
+    """
+    bucketing = sampler.bucketing
+    batch = max(batches, key=bucketing.cost_of)
+    longest = max(bucketing.durations[i] for i in batch)
+    most_labels = max(bucketing.label_lengths[i] for i in batch)
+    stretch = max(1.0, 1 / min(config.augment.speed)) if config.augment.speed_prob > 0 else 1.0
+    n_share = len(sampler.shard(batch))
+    frames, labels = [audio.duration_to_frames(longest * stretch)] * n_share, [most_labels] * n_share
+    cost, budget = bucketing.cost_of(batch), bucketing.batch_seconds
+    what = f"{len(batch)} utterances, the longest {longest:.1f} s, at most {most_labels} labels: " + (
+        f"{cost:.0f} s of a budget of {budget:g} s" if math.isfinite(budget) else f"{cost:.0f} s, no budget")
+    problem = ""
+    try:
+        result = dry_run(model, frames, labels, device, backend, precision)
+    except RuntimeError as err:  # torch.OutOfMemoryError is one
+        if not _out_of_memory(err):
+            raise
+        problem = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    failed = distributed.all_sum(torch.tensor(float(bool(problem)), device=device), ranks)
+    if float(failed):
+        if len(batch) > 1:
+            advice = (f"lower --batch-seconds below {cost:.0f}" if math.isfinite(budget) else
+                      f"set --batch-seconds below {cost:.0f}") + f" (or --batch-size below {len(batch)})"
+        else:
+            advice = f"skip utterances this long with --max-duration below {longest:.1f}"
+        where = f"on {device}: {problem}" if problem else "on another rank"
+        raise TrainingError(f"the dry run of the costliest minibatch ({what}) ran out of memory {where}; {advice}")
+    if ranks.is_main:
+        peak = "peak memory allocated" if device.type == "cuda" else "peak resident memory of the process"
+        log.info("dry run of the costliest minibatch (%s)%s: %.2f s, %s %.2f GB", what,
+                 f", rank 0's {n_share}" if ranks.distributed else "", result.seconds, peak, result.peak_bytes / 1e9)
+
+
 @torch.no_grad()
 def evaluate(model: DeepSpeech2, dataset: SpeechDataset, device, backend: str, batch_size: int = 32,
              num_workers: int = 0, *, loader=None, ranks: Ranks = SINGLE, precision: torch.dtype | None = None):
@@ -400,8 +565,7 @@ def evaluate(model: DeepSpeech2, dataset: SpeechDataset, device, backend: str, b
     """
     model.eval()
     if loader is None:
-        sampler = SortaGradSampler(make_batches(dataset.durations, math.inf, batch_size), rank=ranks.rank,
-                                   world_size=ranks.world_size)
+        sampler = SortaGradSampler(Bucketing(dataset.durations, batch_size), ranks.rank, ranks.world_size)
         loader = make_loader(dataset, sampler, num_workers)
     loss_sum, n_loss, results = 0.0, 0, []
     for batch in loader:
@@ -524,25 +688,36 @@ def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device:
             torch.cuda.set_rng_state_all(resumed["rng"]["cuda"])
         log.info("resumed from %s at epoch %d, batch %d, step %d", last_path, state.epoch, state.batches_done, state.step)
 
-    batch_seconds = config.batch_seconds if config.batch_seconds > 0 else math.inf
-    batches = make_batches(train_set.durations, batch_seconds, config.batch_size)
-    digest = batches_digest(batches)
-    if resumed is not None and state.batches and state.batches != digest and state.batches_done:
-        raise ValueError(
-            f"{last_path}: stopped inside epoch {state.epoch + 1}, whose minibatches were cut otherwise than this "
-            "run's (--batch-size, --batch-seconds, --max-duration or the manifest changed); resume with the "
-            "options it ran with"
-        )
-    state.batches = digest
+    bucketing = make_bucketing(config, train_set, model_config)
+    sampler = SortaGradSampler(bucketing, ranks.rank, ranks.world_size)
+    sampler.set_epoch(state.epoch, state.batches_done)
+    batches = sampler.batches
+    if resumed is not None and state.batches and state.batches_done:
+        _check_same_batches(state, batches, bucketing, last_path)
     total_audio = sum(train_set.durations)
     backend = ctc.resolve_backend(config.ctc, device)
     precision = autocast_dtype(config.precision, device)  # None: fp32 (TF32 unless --precision fp32)
     log.info(
-        "model: %.2fM parameters; train: %d utterances (%.2f h, %d skipped) in %d batches; dev: %d; device: %s; "
-        "ranks: %d; precision: %s; CTC: %s",
-        model.n_parameters() / 1e6, len(train_set), total_audio / 3600, len(train_set.skipped),
-        len(batches), len(dev_set), device, ranks.world_size, _precision_name(config.precision, device), backend,
+        "model: %.2fM parameters; train: %d utterances (%.2f h, %d skipped) in %d batches (epoch %d; budget %s); "
+        "dev: %d; device: %s; ranks: %d; precision: %s; CTC: %s",
+        model.n_parameters() / 1e6, len(train_set), total_audio / 3600, len(train_set.skipped), len(batches),
+        state.epoch + 1, f"{bucketing.batch_seconds:g} s" if math.isfinite(bucketing.batch_seconds) else "none",
+        len(dev_set), device, ranks.world_size, _precision_name(config.precision, device), backend,
     )
+
+    # One loader per dataset for the whole run: their workers are forked once, before any
+    # training step has run threads or kernels, and serve every epoch and evaluation.
+    pin = device.type == "cuda"
+    loader = make_loader(train_set, sampler, config.num_workers, pin_memory=pin, persistent_workers=True)
+    dev_bucketing = Bucketing(dev_set.durations, config.batch_size, bucketing.batch_seconds, dev_set.label_lengths,
+                              bucketing.cost)  # forward only: what fits in training fits here
+    dev_sampler = SortaGradSampler(dev_bucketing, ranks.rank, ranks.world_size)
+    dev_loader = make_loader(dev_set, dev_sampler, config.num_workers, pin_memory=pin, persistent_workers=True)
+    if config.num_workers:  # start the workers now, before the dry run and the first step run threads and kernels
+        iter(dev_loader)
+        iter(loader)
+    if config.dry_run:  # on the model alone: before DDP's hooks and synchronized BatchNorm
+        _dry_run_costliest(model, sampler, batches, config, device, backend, precision, ranks)
 
     forward = model
     if ranks.distributed:
@@ -558,16 +733,6 @@ def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device:
     if ranks.is_main:
         _write_run_info(out_dir / "run.json", device, backend, state, ranks, _precision_name(config.precision, device))
 
-    # One loader per dataset for the whole run: their workers are forked once, before any
-    # training step has run threads or kernels, and serve every epoch and evaluation.
-    pin = device.type == "cuda"
-    sampler = SortaGradSampler(batches, config.seed, config.sortagrad, ranks.rank, ranks.world_size)
-    loader = make_loader(train_set, sampler, config.num_workers, pin_memory=pin, persistent_workers=True)
-    dev_sampler = SortaGradSampler(make_batches(dev_set.durations, math.inf, config.batch_size), rank=ranks.rank,
-                                   world_size=ranks.world_size)
-    dev_loader = make_loader(dev_set, dev_sampler, config.num_workers, pin_memory=pin, persistent_workers=True)
-    if config.num_workers:
-        iter(dev_loader)  # start its workers now, before the first step, as the train loader's start at it
     loop = _Loop(config, model, forward, optimizer, sampler, loader, state, device, backend, ranks, precision, run)
 
     logger = RunLogger(out_dir, resume_state=state if resumed is not None else None) if ranks.is_main else None
@@ -691,6 +856,24 @@ def _check_audio_exists(dataset: SpeechDataset, max_unusable: float, ranks: Rank
                     dataset.manifest, len(missing), len(dataset), examples)
 
 
+def _check_same_batches(state: TrainState, batches: list[list[int]], bucketing: Bucketing, last_path: Path) -> None:
+    """A run stopped inside an epoch must resume with the same minibatches in the same order."""
+    if state.batches == batches_digest(batches):
+        return
+    # ds2 before per-epoch bucketing recorded the digest of its one set of minibatches, sorted
+    # by length; with --bucket-jitter 0 they are still cut that way.
+    if not bucketing.jitter and state.batches == batches_digest(make_batches(
+            bucketing.durations, bucketing.batch_seconds, bucketing.max_batch_size, bucketing.label_lengths,
+            bucketing.cost)):
+        return
+    raise ValueError(
+        f"{last_path}: stopped inside epoch {state.epoch + 1}, whose minibatches were cut otherwise than this run's "
+        "(--batch-size, --batch-seconds, --bucket-jitter, --seed, --sortagrad, --max-duration or the manifest "
+        "changed; a checkpoint of an earlier ds2 resumes inside an epoch with --bucket-jitter 0 and the "
+        "--batch-seconds it ran with, 0 by default); resume with the options it ran with"
+    )
+
+
 def _check_usable(state: TrainState, config: TrainConfig) -> None:
     """After an epoch: stop if the run has trained nothing or the epoch could not use most of its data."""
     if state.epoch_seen and state.epoch_unusable / state.epoch_seen > config.max_unusable:
@@ -737,6 +920,7 @@ class _Loop:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.sampler.set_epoch(state.epoch, state.batches_done)
+        state.batches = batches_digest(self.sampler.batches)
         self.window = _new_window()  # a row's window stays within an epoch (evaluation time is not training)
         bar = tqdm(
             self.loader, total=len(self.sampler.batches), initial=state.batches_done,

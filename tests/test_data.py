@@ -12,6 +12,8 @@ from conftest import noise_burst, sweep, write_audio
 from ds2 import audio
 from ds2.data import (
     Batch,
+    BatchCost,
+    Bucketing,
     Example,
     ManifestError,
     SortaGradSampler,
@@ -188,6 +190,79 @@ def test_make_batches_long_utterance_gets_its_own_batch():
     assert make_batches([], 4.0, 10) == []
 
 
+def test_the_cost_counts_padded_audio_and_the_ctc_lattice():
+    assert BatchCost()(4, 2.5, 300) == 10.0  # padded audio only
+    cost = BatchCost(ctc_seconds_per_cell=1e-4, time_stride=2)
+    steps = -(-audio.duration_to_frames(2.5) // 2)  # 126 output steps
+    assert cost(4, 2.5, 10) == pytest.approx(4 * (2.5 + 1e-4 * steps * 21))
+    assert cost(4, 2.5, 100) - cost(4, 2.5, 10) == pytest.approx(4 * 1e-4 * steps * 180)
+
+
+def test_long_transcripts_make_smaller_minibatches():
+    durations = [5.0] * 40
+    labels = [10] * 20 + [200] * 20  # the same audio; half of it a fast talker's (251 output steps)
+    cost = BatchCost(ctc_seconds_per_cell=2e-5, time_stride=2)  # about the tests' model (tests/test_train.py)
+    # an utterance costs 5 s + 2e-5 x 251 x 21 = 5.1 s with 10 labels, 5 s + 2e-5 x 251 x 401 = 7.0 s with 200
+    batches = make_batches(durations, 50.0, 32, labels, cost)
+    assert [len(batch) for batch in batches] == [9, 9, 7, 7, 7, 1]  # the third: 2 short transcripts, 5 long
+    assert [len(batch) for batch in make_batches(durations, 50.0, 32, labels)] == [10] * 4  # padded audio alone
+    for batch, following in zip(batches, batches[1:]):  # greedy, and within the budget
+        longest, most = max(durations[i] for i in batch), max(labels[i] for i in batch)
+        assert cost(len(batch), longest, most) <= 50.0
+        newcomer = following[0]
+        assert cost(len(batch) + 1, max(longest, durations[newcomer]), max(most, labels[newcomer])) > 50.0
+
+
+def _composition(batches):
+    return sorted(sorted(batch) for batch in batches)
+
+
+@pytest.mark.parametrize("sortagrad", [True, False])
+def test_each_epoch_after_the_first_is_cut_anew_with_jitter(sortagrad):
+    labels = [int(12 * d) for d in DURATIONS]
+    bucketing = Bucketing(DURATIONS, 8, 30.0, labels, BatchCost(2e-5, 2), seed=3, sortagrad=sortagrad, jitter=0.1)
+    sorted_batches = make_batches(DURATIONS, 30.0, 8, labels, BatchCost(2e-5, 2))
+    epochs = {epoch: bucketing.batches(epoch) for epoch in range(4)}
+    if sortagrad:  # SortaGrad's first epoch: sorted, cut by the budget, by increasing length
+        assert epochs[0] == sorted_batches
+    else:
+        assert _composition(epochs[0]) != _composition(sorted_batches)
+    for epoch in (1, 2, 3):
+        assert _composition(epochs[epoch]) != _composition(sorted_batches)
+        assert _composition(epochs[epoch]) not in [_composition(epochs[e]) for e in range(epoch)]
+    for batches in epochs.values():
+        assert sorted(i for batch in batches for i in batch) == list(range(len(DURATIONS)))  # each once
+        for batch in batches:
+            assert len(batch) <= 8 and (len(batch) == 1 or bucketing.cost_of(batch) <= 30.0)
+            assert [DURATIONS[i] for i in batch] == sorted(DURATIONS[i] for i in batch)  # dealt out by length
+    # a pure function of (durations, options, seed, epoch): the global random state does not matter
+    random.seed(99)
+    torch.manual_seed(99)
+    again = Bucketing(list(DURATIONS), 8, 30.0, labels, BatchCost(2e-5, 2), seed=3, sortagrad=sortagrad, jitter=0.1)
+    assert all(again.batches(epoch) == batches for epoch, batches in epochs.items())
+    other_seed = Bucketing(DURATIONS, 8, 30.0, labels, BatchCost(2e-5, 2), seed=4, sortagrad=sortagrad, jitter=0.1)
+    assert other_seed.batches(2) != epochs[2]
+
+
+def test_without_jitter_every_epoch_has_the_same_minibatches_in_a_new_order():
+    bucketing = Bucketing(DURATIONS, 5, 20.0, seed=2)
+    batches = make_batches(DURATIONS, 20.0, 5)
+    for epoch in range(3):
+        assert bucketing.batches(epoch) == [batches[i] for i in epoch_batch_order(len(batches), epoch, seed=2)]
+    with pytest.raises(ValueError, match="jitter"):
+        Bucketing(DURATIONS, 5, jitter=1.0)
+
+
+def test_jitter_keeps_the_padding_small():
+    durations = [round(d, 3) for d in np.random.default_rng(1).uniform(1.0, 10.0, 2000)]
+    def padding(batches):
+        padded = sum(len(batch) * max(durations[i] for i in batch) for batch in batches)
+        return 1 - sum(durations) / padded
+    bucketing = Bucketing(durations, 16, jitter=0.05)
+    assert padding(bucketing.batches(0)) < 0.01
+    assert 0.01 < padding(bucketing.batches(1)) < 0.06  # a random order of lengths would pad about 40 %
+
+
 def test_epoch_batch_order_sortagrad():
     assert epoch_batch_order(10, epoch=0, seed=1) == list(range(10))
     shuffled = epoch_batch_order(10, epoch=0, seed=1, sortagrad=False)
@@ -209,14 +284,14 @@ def test_epoch_batch_order_depends_on_seed_and_epoch_only():
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 8])
 def test_the_sampler_deals_every_minibatch_out_to_the_ranks(world_size):
-    batches = make_batches(DURATIONS, float("inf"), 6)  # 10 of 6 and one of 3 (fewer than 8 ranks)
-    samplers = [SortaGradSampler(batches, seed=4, rank=rank, world_size=world_size) for rank in range(world_size)]
-    for epoch in (0, 1):
+    bucketing = Bucketing(DURATIONS, 6, seed=4, jitter=0.1)  # 10 of 6 and one of 3 (fewer than 8 ranks)
+    samplers = [SortaGradSampler(bucketing, rank=rank, world_size=world_size) for rank in range(world_size)]
+    for epoch in (0, 1, 2):
         for sampler in samplers:
             sampler.set_epoch(epoch)
         shards = [list(sampler) for sampler in samplers]
-        expected = [batches[i] for i in epoch_batch_order(len(batches), epoch, seed=4)]
-        assert all(len(rank_shards) == len(batches) == len(sampler) for rank_shards, sampler in zip(shards, samplers))
+        expected = bucketing.batches(epoch)
+        assert all(len(rank_shards) == len(expected) == len(sampler) for rank_shards, sampler in zip(shards, samplers))
         for step, batch in enumerate(expected):
             parts = [[item[0] for item in rank_shards[step]] for rank_shards in shards]
             assert sorted(i for part in parts for i in part) == sorted(batch)  # disjoint, nothing lost
@@ -236,14 +311,15 @@ def test_the_sampler_deals_every_minibatch_out_to_the_ranks(world_size):
 
 
 def test_the_sampler_resumes_inside_an_epoch():
-    batches = make_batches(DURATIONS, float("inf"), 4)
-    sampler = SortaGradSampler(batches, seed=1, rank=1, world_size=2)
+    bucketing = Bucketing(DURATIONS, 4, seed=1, jitter=0.1)
+    sampler = SortaGradSampler(bucketing, rank=1, world_size=2)
     sampler.set_epoch(3)
     whole = list(sampler)
-    sampler.set_epoch(3, start=5)
-    assert list(sampler) == whole[5:] and len(sampler) == len(whole) - 5
+    resumed = SortaGradSampler(bucketing, rank=1, world_size=2)  # a new process
+    resumed.set_epoch(3, start=5)
+    assert list(resumed) == whole[5:] and len(resumed) == len(whole) - 5
     with pytest.raises(ValueError, match="rank 2 is not one of 2 ranks"):
-        SortaGradSampler(batches, rank=2, world_size=2)
+        SortaGradSampler(bucketing, rank=2, world_size=2)
 
 
 # --------------------------------------------------------------------------- dataset

@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ds2 import ctc
+from ds2 import audio, ctc
+from ds2.augment import AugmentOptions
 from ds2.checkpoint import load_checkpoint, load_model
 from ds2.data import SpeechDataset, collate, read_manifest, write_manifest
 from ds2.model import DeepSpeech2, ModelConfig
@@ -21,7 +22,8 @@ from ds2.synth import SynthConfig, synthesize_corpus
 from ds2.text import Alphabet
 from ds2.distributed import SINGLE
 from ds2.train import (
-    Tally, TrainConfig, TrainingError, build_optimizer, compute_losses, load_optimizer_state, train, train_step,
+    DryRun, Tally, TrainConfig, TrainingError, activation_bytes_per_step, build_optimizer, compute_losses, dry_run,
+    load_optimizer_state, make_bucketing, train, train_step,
 )
 
 TINY_MODEL = dict(
@@ -66,6 +68,29 @@ def test_resume_continues_exactly_where_it_stopped(corpus, tmp_path):
     assert resumed["training"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 1.2**2)
     with open(interrupted / "epochs.csv") as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
+
+
+def test_a_run_stopped_inside_a_jittered_epoch_resumes_exactly(corpus, tmp_path):
+    jittered = dict(batch_size=3, bucket_jitter=0.5)  # 3 minibatches an epoch (3, 3, 2), cut anew each epoch
+    config = _config(corpus, tmp_path / "straight", **jittered)
+    bucketing = make_bucketing(config, SpeechDataset(corpus["train"], Alphabet()), config.model)
+    assert sorted(map(sorted, bucketing.batches(1))) != sorted(map(sorted, bucketing.batches(0)))
+    train(config)
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+
+    interrupted = tmp_path / "interrupted"  # and loaded by a worker process: the same minibatches
+    state = train(_config(corpus, interrupted, max_steps=5, num_workers=1, **jittered))
+    assert (state.epoch, state.batches_done) == (1, 2)  # inside the second epoch, the first jittered one
+    with pytest.raises(ValueError, match=r"stopped inside epoch 2, whose minibatches were cut otherwise.*--bucket-jitter"):
+        train(_config(corpus, interrupted, resume=True, batch_size=3, bucket_jitter=0.1))
+    train(_config(corpus, interrupted, resume=True, num_workers=1, **jittered))
+    resumed = load_checkpoint(interrupted / "last.pt")
+    assert resumed["training"]["state"] == straight["training"]["state"]
+    for key, value in straight["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    for a, b in zip(straight["training"]["optimizer"]["state"].values(),
+                    resumed["training"]["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
 
 
 def test_training_skips_and_counts_what_it_cannot_use(corpus, tmp_path, caplog):
@@ -393,6 +418,86 @@ def test_ds2_score_and_the_dev_evaluation_agree_on_mixed_case_and_punctuation(co
         scored = json.loads((tmp_path / "s.json").read_text())
         same = scored["wer"] == pytest.approx(dev_wer) and scored["cer"] == pytest.approx(dev_cer)
         assert same == agree, (normalize, scored["wer"], scored["cer"], dev_wer, dev_cer)
+
+
+# --------------------------------------------------------------------------- memory: budget and dry run
+
+
+def _saved_bytes_per_step(config: ModelConfig) -> float:
+    """What autograd keeps for the backward pass per output step and utterance, measured: the
+    bytes of the distinct storages saved by a training forward of 2 utterances, 300 frames against 150."""
+    model = DeepSpeech2(config).train()
+
+    def saved(n_frames):
+        storages = {}
+
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            logits, _ = model(torch.randn(2, config.n_freq, n_frames), torch.full((2,), n_frames))
+        return sum(storages.values()), logits.shape[1]
+
+    (small, small_steps), (large, large_steps) = saved(150), saved(300)
+    return (large - small) / (2 * (large_steps - small_steps))
+
+
+@pytest.mark.parametrize("model", [
+    TINY_MODEL,
+    dict(conv_layers=2, conv_channels=(32, 16), conv_kernels=((41, 11), (21, 11)), conv_strides=((2, 3), (2, 1)),
+         rnn_layers=2, rnn_hidden=256, fc_hidden=256),  # the tiny recipe's
+    dict(),  # the default
+    dict(rnn_type="rnn", bidirectional=False, lookahead=4, rnn_layers=2, rnn_hidden=64),
+])
+def test_the_activation_estimate_is_close_to_what_autograd_keeps(model):
+    config = ModelConfig(**model)
+    assert 0.7 < _saved_bytes_per_step(config) / activation_bytes_per_step(config) < 1.3
+
+
+def test_the_dry_run_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = DeepSpeech2(ModelConfig(**TINY_MODEL))
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    result = dry_run(model, [300, 250, 120], [40, 30, 5], torch.device("cpu"), "auto")
+    assert result.seconds > 0 and result.peak_bytes > 0
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in before.items())
+    assert all(parameter.grad is None for parameter in model.parameters())
+    model(torch.randn(2, 161, 100), torch.tensor([100, 80]))  # a training forward does move them
+    assert not torch.equal(model.state_dict()["convs.0.norm.running_mean"], before["convs.0.norm.running_mean"])
+
+
+def test_the_dry_run_tries_the_costliest_minibatch_before_the_first_step(corpus, tmp_path, monkeypatch, caplog):
+    tried = []
+    monkeypatch.setattr("ds2.train.dry_run", lambda model, frames, labels, *args: tried.append((frames, labels))
+                        or DryRun(0.5, 2 * 10**9))
+    config = _config(corpus, tmp_path / "run", batch_size=3, batch_seconds=10.0, max_steps=1,
+                     augment=AugmentOptions(speed_prob=0.5))  # speeds 0.9 and 1.1: up to 1 / 0.9 as long
+    with caplog.at_level(logging.INFO, logger="ds2.train"):
+        train(config)
+    dataset = SpeechDataset(corpus["train"], Alphabet())
+    bucketing = make_bucketing(config, dataset, config.model)
+    costliest = max(bucketing.batches(0), key=bucketing.cost_of)
+    assert len(bucketing.batches(0)) > 3  # the budget made minibatches smaller than --batch-size
+    padded = [audio.duration_to_frames(max(dataset.durations[i] for i in costliest) / 0.9)] * len(costliest)
+    assert tried == [(padded, [max(dataset.label_lengths[i] for i in costliest)] * len(costliest))]
+    assert "dry run of the costliest minibatch" in caplog.text and "2.00 GB" in caplog.text
+    train(_config(corpus, tmp_path / "skipped", max_steps=1, dry_run=False))
+    assert len(tried) == 1
+
+
+def test_a_budget_too_large_for_the_device_fails_in_the_dry_run(corpus, tmp_path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr("ds2.train.compute_losses", out_of_memory)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"dry run of the costliest minibatch \(4 utterances, the longest .* s, at "
+                       r"most \d+ labels: \d+ s of a budget of 60 s\) ran out of memory on cpu: CUDA out of memory\. "
+                       r"Tried to allocate 20\.00 GiB; lower --batch-seconds below \d+ \(or --batch-size below 4\)"):
+        train(_config(corpus, run))
+    assert not (run / "last.pt").exists() and not (run / "log.csv").exists()  # before the first step
 
 
 # --------------------------------------------------------------------------- kill -9 at any moment
