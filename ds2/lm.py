@@ -16,14 +16,14 @@ default of 80% of RAM) and writes, into one folder::
 from __future__ import annotations
 
 import functools
+import gzip
 import logging
 import math
 import os
 import shutil
 import subprocess
 import sys
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,14 +62,16 @@ def kenlm_tool(name: str) -> Path:
     raise LmError(f"KenLM's {name} is not built: run `bash lm/build_kenlm.sh` (or `bash scripts/setup.sh`)")
 
 
-def normalized_sentences(paths: Iterable[str | Path], alphabet: Alphabet) -> tuple[list[str], int]:
-    """Normalized, alphabet-clean lines of text files, and the number of lines dropped."""
-    sentences, rejected = [], 0
+def normalized_sentences(paths: Iterable[str | Path], alphabet: Alphabet) -> Iterator[str | None]:
+    """Each non-empty line of text files (``.gz`` read as gzip) normalized, or None for a line
+    with characters outside the alphabet. Streamed: a corpus larger than memory (LibriSpeech's
+    LM text, 40M sentences) is never held whole."""
     for path in paths:
         path = Path(path)
         if not path.exists():
             raise LmError(f"{path}: text file not found")
-        with open(path, encoding="utf-8", errors="replace") as handle:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
             for line_number, line in enumerate(handle, start=1):
                 text = alphabet.normalize(line)
                 if not text:
@@ -77,11 +79,10 @@ def normalized_sentences(paths: Iterable[str | Path], alphabet: Alphabet) -> tup
                 try:
                     alphabet.encode(text)
                 except ValueError as err:
-                    rejected += 1
                     log.debug("%s:%d: %s", path, line_number, err)
+                    yield None
                     continue
-                sentences.append(text)
-    return sentences, rejected
+                yield text
 
 
 def build_lm(
@@ -101,14 +102,20 @@ def build_lm(
     lmplz, build_binary = kenlm_tool("lmplz"), kenlm_tool("build_binary")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sentences, rejected = normalized_sentences(texts, alphabet)
-    if not sentences:
-        raise LmError("no usable sentences in the text files (after normalization and the alphabet check)")
+    text_path, arpa, binary, unigrams = (out_dir / name for name in ("text.txt", "lm.arpa", "lm.bin", "unigrams.txt"))
+    rejected, n_sentences, vocabulary = 0, 0, set()
+    with atomic_write(text_path) as handle:
+        for sentence in normalized_sentences(texts, alphabet):
+            if sentence is None:
+                rejected += 1
+                continue
+            handle.write(sentence + "\n")
+            n_sentences += 1
+            vocabulary.update(sentence.split())
+        if not n_sentences:
+            raise LmError("no usable sentences in the text files (after normalization and the alphabet check)")
     if rejected:
         log.warning("dropped %d lines with characters outside the alphabet", rejected)
-    text_path, arpa, binary, unigrams = (out_dir / name for name in ("text.txt", "lm.arpa", "lm.bin", "unigrams.txt"))
-    with atomic_write(text_path) as handle:
-        handle.write("\n".join(sentences) + "\n")
     command = [str(lmplz), "-o", str(order), "-S", memory, "-T", str(out_dir), "--discount_fallback"]
     if prune:
         command += ["--prune", *prune.split()]
@@ -117,11 +124,10 @@ def build_lm(
     partial = binary.with_name(binary.name + ".tmp")  # build_binary writes to a path: rename when done
     _run([str(build_binary), str(arpa), str(partial)])
     os.replace(partial, binary)
-    vocabulary = Counter(word for sentence in sentences for word in sentence.split())
     with atomic_write(unigrams) as handle:
         handle.write("\n".join(sorted(vocabulary)) + "\n")
-    log.info("%s: %d-gram from %d sentences, %d words", binary, order, len(sentences), len(vocabulary))
-    return LmFiles(out_dir, text_path, arpa, binary, unigrams, len(sentences), rejected, len(vocabulary))
+    log.info("%s: %d-gram from %d sentences, %d words", binary, order, n_sentences, len(vocabulary))
+    return LmFiles(out_dir, text_path, arpa, binary, unigrams, n_sentences, rejected, len(vocabulary))
 
 
 def _run(command: list[str], **kwargs) -> None:

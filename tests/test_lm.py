@@ -1,3 +1,4 @@
+import gzip
 import os
 import random
 import re
@@ -47,6 +48,19 @@ def test_build_writes_arpa_binary_and_unigrams(corpus, tmp_path):
     reversed_words = lm.query(model, " ".join(reversed(seen.split())))
     assert grammatical.perplexity < reversed_words.perplexity / 2
     assert [w for w, *_ in grammatical.words] == seen.split() + ["</s>"]
+
+
+def test_gzip_text_gives_the_model_of_the_plain_text(corpus, tmp_path):
+    """LibriSpeech's LM text comes as librispeech-lm-norm.txt.gz: it is read as it is."""
+    _tools_or_skip()
+    packed = tmp_path / "text.txt.gz"
+    with gzip.open(packed, "wt", encoding="utf-8") as handle:
+        handle.write(corpus.read_text(encoding="utf-8"))
+    plain = lm.build_lm([corpus], tmp_path / "plain", order=3)
+    from_gzip = lm.build_lm([packed], tmp_path / "gzip", order=3)
+    assert from_gzip.text.read_text() == plain.text.read_text()
+    assert (from_gzip.n_sentences, from_gzip.n_rejected, from_gzip.vocabulary) == (1501, 1, plain.vocabulary)
+    assert from_gzip.arpa.read_text() == plain.arpa.read_text()
 
 
 def test_prune_passes_through_to_lmplz(corpus, tmp_path):
