@@ -256,13 +256,48 @@ _layout_command(
 )
 
 
+@prepare_app.command("commonvoice")
+@_friendly_errors
+def prepare_commonvoice(
+    root: Annotated[Path, typer.Argument(help="A Common Voice language folder: clips/*.mp3 and train.tsv, dev.tsv, "
+                                         "test.tsv (columns read by header name).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for SPLIT.json and SPLIT.rejects.json, alphabet.json and "
+                                            "clips/ (the 16 kHz copies).")],
+    splits: Annotated[str, typer.Option(help="TSV names, comma separated; the first is the training split: its "
+                                        "sentences give the alphabet, the others are kept whole.")] = "train,dev,test",
+    alphabet: Annotated[Optional[Path], typer.Option(help="Alphabet JSON to use instead of the training "
+                                                     "sentences' characters.")] = None,
+    min_char_count: Annotated[int, typer.Option(min=1, help="A character enters the alphabet when the training "
+                                                "sentences have it this often; rarer ones reject their sentence.")] = 1,
+    audio_format: Annotated[str, typer.Option(help="flac or wav: decode each mp3 once, write it at 16 kHz to "
+                                              "OUT_DIR/clips (training then never decodes mp3); none: the "
+                                              "manifests point to the mp3 clips.")] = "flac",
+    jobs: Annotated[int, typer.Option(min=1, help="Processes reading (and converting) audio.")] = 1,
+):
+    """Manifests of a Common Voice language folder, its official splits as given, in any language:
+    texts lower-cased with punctuation removed, letters of every script kept. Unusable rows (missing
+    clip, empty sentence, unreadable audio) go to SPLIT.rejects.json with the file, line and reason."""
+    from ds2.prepare import prepare_commonvoice as run
+    from ds2.text import Alphabet
+
+    _setup_logging()
+    names = [name.strip() for name in splits.split(",") if name.strip()]
+    chosen = Alphabet.load(alphabet) if alphabet else None
+    result = run(root, out_dir, names, chosen, min_char_count, None if audio_format == "none" else audio_format, jobs)
+    for split, found in result.splits.items():
+        typer.echo(f"{split}: {found.manifest}: {found.n_accepted} utterances, {found.hours:.2f} h; "
+                   f"{found.n_rejected} rejected -> {found.rejects}")
+    typer.echo(f"alphabet: {result.alphabet}")
+
+
 # --------------------------------------------------------------------------- lm
 
 
 @lm_app.command("build")
 @_friendly_errors
 def lm_build(
-    texts: Annotated[list[Path], typer.Argument(help="Text files, one sentence a line (normalized into the alphabet here).")],
+    texts: Annotated[list[Path], typer.Argument(help="Text files, one sentence a line (normalized into the alphabet "
+                                                "here); .gz files are read as gzip.")],
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Folder for text.txt, lm.arpa, lm.bin, unigrams.txt.")],
     order: Annotated[int, typer.Option(help="n-gram order (2-6).")] = 3,
     memory: Annotated[str, typer.Option(help="lmplz memory cap (-S), e.g. 1G or 20%.")] = "1G",

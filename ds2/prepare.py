@@ -2,6 +2,9 @@
 
 - :func:`prepare_librispeech`: ``speaker/chapter/*.flac`` beside ``speaker-chapter.trans.txt``.
 - :func:`prepare_folder`: any audio file beside a same-name ``.txt`` transcript.
+- :func:`prepare_commonvoice`: a Common Voice language folder (``clips/*.mp3``, ``train.tsv``,
+  ``dev.tsv``, ``test.tsv``); the clips are converted once to 16 kHz FLAC and the alphabet is
+  that of the training sentences, in any language.
 
 Each candidate is read in full (corrupt, empty, NaN audio is caught here, not in epoch 7),
 its transcript normalized and checked against the alphabet. Good entries go to the
@@ -13,13 +16,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import soundfile
+
 from ds2 import audio
-from ds2.data import write_manifest
-from ds2.io import process_map
+from ds2.data import read_manifest, write_manifest
+from ds2.io import atomic_write, process_map
 from ds2.text import Alphabet
 
 log = logging.getLogger("ds2.prepare")
@@ -35,6 +42,8 @@ class Candidate:
     text: str | None
     source: str  # where the transcript came from (file or file:line), for messages
     problem: str | None = None  # a problem found while collecting (e.g. non-UTF-8 text)
+    converted: str | None = None  # write the checked 16 kHz audio here; the manifest points to it
+    speaker: str | None = None  # kept in the manifest as ``speaker`` when known
 
 
 @dataclass(frozen=True)
@@ -66,11 +75,29 @@ def check_candidate(candidate: Candidate, alphabet: Alphabet | None) -> dict:
                 alphabet.encode(text)
             except ValueError as err:
                 raise ValueError(f"{candidate.source}: {err}") from None
-        waveform = audio.load_audio(candidate.audio_filepath)
+        if candidate.converted and Path(candidate.converted).exists():  # converted by an earlier, stopped run
+            waveform = audio.load_audio(candidate.converted)
+        else:
+            waveform = audio.load_audio(candidate.audio_filepath)
+            if candidate.converted:
+                _write_converted(waveform, Path(candidate.converted))
     except (ValueError, audio.AudioError) as err:
         return {**record, "text": candidate.text or "", "reason": str(err)}
     duration = waveform.numel() / audio.SAMPLE_RATE
-    return {**record, "duration": round(duration, 4), "text": text}
+    accepted = {"audio_filepath": candidate.converted or candidate.audio_filepath,
+                "duration": round(duration, 4), "text": text}
+    return accepted if candidate.speaker is None else {**accepted, "speaker": candidate.speaker}
+
+
+CONVERTED_FORMATS = {"flac": "FLAC", "wav": "WAV"}  # file suffix -> soundfile format
+
+
+def _write_converted(waveform, path: Path) -> None:
+    """Write a waveform (torch.Tensor, shape = (n_samples,), float32 at SAMPLE_RATE) as 16-bit
+    audio in the format of ``path``'s suffix, atomically: a file that exists is complete."""
+    samples = np.clip(waveform.numpy(), -1.0, 32767 / 32768)  # resampling can overshoot 1
+    with atomic_write(path, "wb") as handle:
+        soundfile.write(handle, samples, audio.SAMPLE_RATE, format=CONVERTED_FORMATS[path.suffix[1:]], subtype="PCM_16")
 
 
 def write_checked(
@@ -230,3 +257,149 @@ def prepare_librispeech(root, manifest, alphabet: Alphabet | None = Alphabet(), 
 
 def prepare_folder(root, manifest, alphabet: Alphabet | None = Alphabet(), jobs: int = 1, progress: bool = True) -> PrepareResult:
     return write_checked(folder_candidates(root), manifest, alphabet, jobs, progress)
+
+
+# --------------------------------------------------------------------------- Common Voice
+
+COMMONVOICE_SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class CorpusResult:
+    alphabet: Path  # the alphabet the first split was checked against, saved as JSON
+    splits: dict[str, PrepareResult]
+
+
+def commonvoice_candidates(tsv: str | Path, clips: str | Path, converted: str | Path | None = None,
+                           audio_format: str = "flac") -> list[Candidate]:
+    """Candidates of one Common Voice TSV: a header row, then one clip a line.
+
+    Columns are found by their header name (``path`` and ``sentence`` are needed,
+    ``client_id`` becomes ``speaker``), so releases that add or reorder columns read the
+    same. Fields are split at tabs only: Common Voice writes no quoting, and a sentence's
+    quotation marks are text. ``converted``: a folder for the 16 kHz copies
+    (``<clip name>.<audio_format>``); None keeps the clips as they are.
+    """
+    tsv, clips = Path(tsv), Path(clips)
+    converted = None if converted is None else Path(converted).resolve()
+    content, problem = _read_text(tsv)
+    if problem:
+        raise ValueError(problem)
+    lines = content.splitlines()
+    header = lines[0].split("\t") if lines else []
+    missing = [name for name in ("path", "sentence") if name not in header]
+    if missing:
+        raise ValueError(f"{tsv}: no {' or '.join(repr(name) for name in missing)} column in the header line "
+                         f"(found: {', '.join(repr(name) for name in header) or 'an empty file'})")
+    candidates, first_line = [], {}
+    for line_number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        source = f"{tsv}:{line_number}"
+        fields = line.split("\t")
+        row = dict(zip(header, fields))
+        name = row.get("path", "").strip()
+        clip = clips / name if name else tsv
+        if len(fields) != len(header):
+            problem = f"{source}: {len(fields)} tab-separated fields, the header has {len(header)}"
+        elif not name:
+            problem = f"{source}: empty 'path' field"
+        elif name in first_line:
+            problem = f"{source}: clip {name} is already listed on line {first_line[name]}"
+        else:
+            first_line[name] = line_number
+            if not clip.exists() and not clip.suffix and clip.with_suffix(".mp3").exists():
+                clip = clip.with_suffix(".mp3")  # the first releases named clips without the suffix
+            problem = None if clip.exists() else f"{source}: audio file {clip} not found"
+        resolved, path_problem = _absolute(clip)
+        target = None
+        if converted is not None and problem is None:
+            target = str(converted / f"{Path(name).stem}.{audio_format}")
+        candidates.append(Candidate(resolved, row.get("sentence", ""), source, problem or path_problem, target,
+                                    row.get("client_id") or None))
+    return candidates
+
+
+def prepare_commonvoice(
+    root: str | Path,
+    out_dir: str | Path,
+    splits: Sequence[str] = COMMONVOICE_SPLITS,
+    alphabet: Alphabet | None = None,
+    min_char_count: int = 1,
+    audio_format: str | None = "flac",
+    jobs: int = 1,
+    progress: bool = True,
+) -> CorpusResult:
+    """Manifests ``OUT_DIR/<split>.json`` of a Common Voice language folder (``ROOT/<split>.tsv``,
+    ``ROOT/clips``), each with its rejects, and ``OUT_DIR/alphabet.json``.
+
+    The first split (train) is checked against ``alphabet``, by default the characters of its
+    own normalized sentences seen at least ``min_char_count`` times (letters of any script,
+    accented ones included, digits, apostrophes; punctuation removed). The other splits are
+    kept whole, as Common Voice published them: a sentence with a character outside the
+    alphabet stays, and a warning counts such sentences (the model cannot spell them; they
+    score as errors). ``audio_format`` "flac" or "wav": every clip is decoded once, resampled to
+    16 kHz and written to ``OUT_DIR/clips``, so training never decodes mp3 (a 6 s clip: 8.5 ms
+    to read and resample the 48 kHz mp3, 2 ms the FLAC); an existing copy is reused, so a
+    stopped run resumes. None: the manifests point to the original clips.
+    """
+    root, out_dir = Path(root), Path(out_dir)
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a directory")
+    if audio_format is not None and audio_format not in CONVERTED_FORMATS:
+        raise ValueError(f"audio format must be {' or '.join(CONVERTED_FORMATS)} (or none: keep the clips), "
+                         f"got {audio_format!r}")
+    if not splits:
+        raise ValueError("no splits to prepare")
+    for split in splits:
+        if not (root / f"{split}.tsv").is_file():
+            raise ValueError(f"{root / f'{split}.tsv'}: not found (a Common Voice language folder has "
+                             f"train.tsv, dev.tsv, test.tsv and clips/)")
+    converted = out_dir / "clips" if audio_format else None
+    candidates = {split: commonvoice_candidates(root / f"{split}.tsv", root / "clips", converted, audio_format or "flac")
+                  for split in splits}
+    if alphabet is None:
+        texts = [c.text for c in candidates[splits[0]] if c.problem is None and c.text]
+        try:
+            alphabet = Alphabet.from_texts(texts, min_char_count)
+        except ValueError:
+            raise ValueError(f"{root / f'{splits[0]}.tsv'}: no sentence to take an alphabet from "
+                             f"({len(texts)} usable rows)") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    alphabet_path = out_dir / "alphabet.json"
+    alphabet.save(alphabet_path)
+    log.info("%s: %d symbols: %s", alphabet_path, len(alphabet.symbols), "".join(alphabet.symbols))
+    results = {}
+    for i, split in enumerate(splits):
+        results[split] = write_checked(candidates[split], out_dir / f"{split}.json", alphabet if i == 0 else None,
+                                       jobs, progress)
+        if i:
+            _warn_outside(results[split].manifest, alphabet)
+    _warn_shared_speakers(candidates)
+    return CorpusResult(alphabet_path, results)
+
+
+def _warn_outside(manifest: Path, alphabet: Alphabet) -> None:
+    """Count the sentences of a kept split that the alphabet cannot spell."""
+    symbols = set(alphabet.symbols)
+    unknown, sentences = Counter(), 0
+    for record in read_manifest(manifest, resolve_paths=False):
+        outside = set(record["text"]) - symbols
+        sentences += bool(outside)
+        unknown.update(outside)
+    if sentences:
+        shown = ", ".join(f"{char!r} ({count})" for char, count in unknown.most_common(10))
+        log.warning("%s: %d sentences (kept) have characters outside the training alphabet: %s", manifest, sentences,
+                    shown)
+
+
+def _warn_shared_speakers(candidates: dict[str, list[Candidate]]) -> None:
+    """Common Voice's official splits have no speaker in two splits; say so if these do."""
+    speakers = {split: {c.speaker for c in found if c.speaker} for split, found in candidates.items()}
+    names = list(speakers)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            shared = speakers[first] & speakers[second]
+            if shared:
+                log.warning("speakers (client_id) in both %s and %s: %d; %s does not measure unseen speakers",
+                            first, second, len(shared), second)

@@ -37,8 +37,8 @@ ALL_COMMANDS = list(_command_paths(typer.main.get_command(app)))
 
 def test_the_command_list_is_what_we_document():
     names = {" ".join(path) for path in ALL_COMMANDS}
-    assert {"", "prepare", "prepare synth", "prepare librispeech", "prepare folder", "lm", "lm build", "lm query",
-            "train", "decode", "tune", "transcribe", "score"} <= names
+    assert {"", "prepare", "prepare synth", "prepare librispeech", "prepare folder", "prepare commonvoice", "lm",
+            "lm build", "lm query", "train", "decode", "tune", "transcribe", "score"} <= names
 
 
 @pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "ds2")
