@@ -105,7 +105,7 @@ def test_nothing_imports_train_or_cli():
 
 # Benchmarks whose subject is the training loop itself (the others measure decoding or kernels
 # and must not need it).
-TRAINING_BENCHMARKS = {"augment.py"}
+TRAINING_BENCHMARKS = {"augment.py", "train_throughput.py"}
 
 
 def test_the_checker_sees_lazy_and_package_imports(tmp_path):
