@@ -280,6 +280,9 @@ def compute_log_probs(checkpoint: str | Path, manifest: str | Path, options: Dec
         for index, message in failures:
             log.warning("%s", message)
             errors[index] = message
+    if errors and not log_probs:
+        raise ValueError(f"{manifest}: none of its {len(errors)} audio files could be read, e.g. "
+                         f"{errors[min(errors)]} (relative paths are read from the manifest's folder)")
     return {"alphabet": list(alphabet.symbols), "log_probs": log_probs, "errors": errors}
 
 

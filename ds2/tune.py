@@ -74,6 +74,9 @@ def tune(
         raise ValueError(f"{manifest}: empty dev manifest: nothing to tune on")
     if len(references) != len(cache["log_probs"]) + len(cache["errors"]):
         raise ValueError(f"{logprobs}: log-probs were computed for another manifest than {manifest}")
+    if not cache["log_probs"]:
+        raise ValueError(f"{logprobs}: no utterance has log-probs (none of {manifest}'s audio could be read): "
+                         "nothing to tune on")
     out_dir = Path(out_dir)
     base = BeamSearchOptions(lm=str(lm), beam_width=beam_width, jobs=options.jobs)
     rows: list[dict] = []

@@ -108,3 +108,20 @@ def test_split_at_pauses_cuts_long_log_probs_in_their_longest_blank_runs():
     pieces = decode.split_at_pauses(frames, 20)
     assert pieces[0] == (0, 20) and all(b - a <= 20 for a, b in pieces) and pieces[-1][1] == 100
     assert all(x[1] == y[0] for x, y in zip(pieces, pieces[1:]))
+
+
+def test_decoding_a_manifest_whose_audio_all_fails_stops_with_a_message(tmp_path):
+    """A manifest copied away from the audio its relative paths name: no hypotheses file full of
+    errors, but an error naming the manifest and a file."""
+    from ds2.checkpoint import save_checkpoint
+    from ds2.data import write_manifest
+    from ds2.decode import decode_manifest
+    from ds2.model import DeepSpeech2, ModelConfig
+
+    checkpoint = tmp_path / "best.pt"
+    save_checkpoint(checkpoint, DeepSpeech2(ModelConfig(conv_layers=1, rnn_layers=1, rnn_hidden=8, fc_hidden=8)))
+    manifest = tmp_path / "moved.json"
+    write_manifest(manifest, [{"audio_filepath": f"wav/{i}.wav", "duration": 1.0, "text": "a b"} for i in range(3)])
+    with pytest.raises(ValueError, match=r"moved\.json: none of its 3 audio files could be read.*0\.wav"):
+        decode_manifest(checkpoint, manifest, tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()

@@ -41,3 +41,12 @@ def test_tune_finds_an_lm_weight_that_beats_no_lm_and_stores_it(tmp_path):
     empty.write_text("")
     with pytest.raises(ValueError, match="empty dev manifest"):
         tune(tmp_path / "dev_lp.pt", empty, files.binary, tmp_path / "x")
+
+    # a cache whose every audio file was unreadable (e.g. a manifest copied away from its relative
+    # paths) is refused, instead of "tuning" on empty hypotheses
+    unread = {"alphabet": list(alphabet.symbols), "log_probs": {},
+              "errors": {i: f"dev.json:{i + 1}: {i}.wav: file not found" for i in range(len(sentences))}}
+    save_log_probs(unread, tmp_path / "unread_lp.pt")
+    with pytest.raises(ValueError, match="no utterance has log-probs"):
+        tune(tmp_path / "unread_lp.pt", manifest, files.binary, tmp_path / "y")
+    assert not (tmp_path / "y" / "decoding.json").exists()
