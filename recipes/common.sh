@@ -3,8 +3,9 @@
 # Before sourcing, a recipe sets `stage`, `stop_stage` and `exp`, and may define
 # `done_marker N` (default: $exp/.stageN.done). After sourcing it has `repo`, `ds2`,
 # `python`, `start_time`, `log`, `run_stage N` (true when stage N is in range and not done),
-# `done_stage N`, `ds2_train N [ds2 train arguments]` (one process, or torchrun) and
-# `decode_and_score TAG MANIFEST EXP [ds2 decode options]`.
+# `done_stage N`, `ds2_train N [ds2 train arguments]` (one process, or torchrun),
+# `decode_and_score TAG MANIFEST EXP [ds2 decode options]` and `augment_options DATA` (noise and
+# rooms for training, made once).
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -48,6 +49,33 @@ decode_and_score() {
   local tag=$1 manifest=$2 exp=$3; shift 3
   "$ds2" decode "$exp/best.pt" "$manifest" -o "$exp/decode_$tag.json" --no-progress "$@"
   "$ds2" score "$exp/decode_$tag.json" --json "$exp/score_$tag.json" > "$exp/score_$tag.txt"
+}
+
+if [ -n "${augment+set}" ] && [ "$augment" != true ] && [ "$augment" != false ]; then
+  echo "--augment $augment: want true or false"; exit 1
+fi
+
+# augment_options DATA: the `ds2 train` options of DS2's noise augmentation (section 5.2), on
+# stdout, after making what they read once: DATA/noise (generated white, pink, brown, hum and
+# babble noise, plus the collections of $noise_from, e.g. MUSAN, comma-separated) and DATA/rirs
+# (simulated rooms). Test noises and rooms are kept apart in DATA/noise/test.json and
+# DATA/rirs/test.json, never trained on. Reads the variables of recipes/augment_defaults.sh
+# ($noise_from, $noise_opts and $rir_opts: more `ds2 prepare noise` / `ds2 prepare rirs`
+# options, $noise_prob, $reverb_prob, $speed_prob) and $seed. Measured on the tiny corpus (recipes/noisy): at 5 dB SNR 39 % fewer errors greedy and
+# 74 % with the LM, clean speech +0.35 points with the LM.
+augment_options() {
+  local data=$1 from=() dir
+  for dir in ${noise_from//,/ }; do from+=(--from "$dir"); done
+  if [ ! -f "$data/noise/train.json" ]; then
+    log "noise for augmentation -> $data/noise (generated${noise_from:+ + $noise_from})" >&2
+    "$ds2" prepare noise "$data/noise" "${from[@]}" --seed "$seed" ${noise_opts:-} >&2 || return 1
+  fi
+  if [ ! -f "$data/rirs/train.json" ]; then
+    log "simulated rooms for reverberation -> $data/rirs" >&2
+    "$ds2" prepare rirs "$data/rirs" --seed "$seed" ${rir_opts:-} >&2 || return 1
+  fi
+  echo "--noise $data/noise/train.json --noise-prob $noise_prob --snr 0,20 --noise-clips 3" \
+    "--rir $data/rirs/train.json --reverb-prob $reverb_prob --speed-prob $speed_prob --augment-from-epoch 2"
 }
 
 bash "$repo/scripts/setup.sh"

@@ -22,6 +22,9 @@
 #   3  train DS2 (2 conv layers 41x11, 21x11 with 32 channels, strides 2x2, 2x1; 3 bidirectional
 #      BatchNorm-GRU layers of 512: the size a few hundred hours support), best checkpoint on dev;
 #      under torchrun with --nproc-per-node N > 1
+#      With noise augmentation (DS2 5.2; --augment false: none): noise on 40 % of the utterances
+#      at 0-20 dB from the second epoch on, reverberation on 20 %; the noise (data/noise:
+#      generated, + --noise-from MUSAN or folders) and rooms (data/rirs: simulated) made once
 #   4  greedy-decode dev and test (saving the acoustic model's log-probs), score
 #   5  tune the LM weight alpha and the word bonus beta on dev
 #   6  LM beam search on dev and test, score; the results table (exp/results.md)
@@ -44,6 +47,7 @@ threads=0  # torch CPU threads per process (0: default)
 seed=0
 jobs=$(nproc)  # processes reading and converting audio (stage 1) and running beam search (stages 5-6)
 beam_width=100
+source "$(dirname "$0")/../augment_defaults.sh" # --augment, --noise-from, --noise-prob, ...
 train_opts=""  # more ds2 train options, after the recipe's (so they win)
 decode_opts=""  # more ds2 decode options (greedy and LM), e.g. "--batch-size 16"
 data=data  # relative to recipes/commonvoice, or absolute
@@ -53,7 +57,7 @@ usage="Usage: $0 --corpus DIR [--stage N] [--stop-stage N] [--min-char-count $mi
   [--audio-format $audio_format] [--lm-text FILE] [--lm-order $lm_order] [--lm-memory $lm_memory]
   [--nproc-per-node $nproc_per_node] [--torchrun-opts \"OPTIONS\"] [--device $device] [--epochs $epochs]
   [--batch-size $batch_size] [--threads $threads] [--seed $seed] [--jobs $jobs] [--beam-width $beam_width]
-  [--train-opts \"DS2 TRAIN OPTIONS\"] [--decode-opts \"DS2 DECODE OPTIONS\"] [--data $data] [--exp $exp]"
+  $augment_usage [--train-opts \"DS2 TRAIN OPTIONS\"] [--decode-opts \"DS2 DECODE OPTIONS\"] [--data $data] [--exp $exp]"
 source "$(dirname "$0")/../parse_options.sh" # --some-name VALUE sets $some_name
 # paths given relative to where the recipe was called from stay valid after the cd below
 [ -z "$corpus" ] || corpus=$(realpath "$corpus")
@@ -85,12 +89,17 @@ fi
 
 if run_stage 3; then
   log "Stage 3: train DS2 on $data/train.json, $nproc_per_node process(es) (log: $exp/train.log; curves: $exp/curves.png)"
+  augmentation=""
+  if [ "$augment" = true ]; then
+    augmentation=$(augment_options "$data")
+    log "  augmentation: $augmentation"
+  fi
   ds2_train "$nproc_per_node" "$data/train.json" "$data/dev.json" --out-dir "$exp" --alphabet "$data/alphabet.json" \
     --epochs "$epochs" --batch-size "$batch_size" --optimizer sgd --momentum 0.99 --anneal 1.2 --grad-clip 400 \
     --conv-layers 2 --conv-channels 32,32 --conv-kernels 41x11,21x11 --conv-strides 2x2,2x1 \
     --rnn-type gru --rnn-layers 3 --rnn-hidden 512 --bidirectional --batch-norm --fc-hidden 512 \
     --device "$device" --threads "$threads" --seed "$seed" --num-workers 4 --checkpoint-every 1000 --no-progress \
-    $train_opts $([ -f "$exp/last.pt" ] && echo --resume)
+    $augmentation $train_opts $([ -f "$exp/last.pt" ] && echo --resume)
   done_stage 3
 fi
 

@@ -21,6 +21,9 @@
 #   3  train DS2 (conv 41x11, 21x11, 21x11 with 32, 32, 96 channels and strides 2x2, 2x1, 2x1;
 #      5 bidirectional BatchNorm-GRU layers of 1024; 71M parameters; SortaGrad, Nesterov SGD),
 #      the best checkpoint on dev-clean; under torchrun with --nproc-per-node N > 1
+#      With noise augmentation (DS2 5.2; --augment false: none): noise on 40 % of the utterances
+#      at 0-20 dB from the second epoch on, reverberation on 20 %; the noise (data/noise:
+#      generated, + --noise-from MUSAN or folders) and rooms (data/rirs: simulated) made once
 #   4  greedy-decode the evaluation sets (saving the acoustic model's log-probs), score
 #   5  tune the LM weight alpha and the word bonus beta on dev-clean
 #   6  LM beam search on the evaluation sets, score; the results table (exp/results.md)
@@ -45,6 +48,7 @@ threads=0  # torch CPU threads per process (0: default)
 seed=0
 jobs=$(nproc)  # processes reading audio (stage 1) and running beam search (stages 5-6)
 beam_width=100
+source "$(dirname "$0")/../augment_defaults.sh" # --augment, --noise-from, --noise-prob, ...
 train_opts=""  # more ds2 train options, after the recipe's (so they win)
 decode_opts=""  # more ds2 decode options (greedy and LM), e.g. "--batch-size 16"
 data=data  # relative to recipes/librispeech, or absolute
@@ -54,7 +58,7 @@ usage="Usage: $0 --corpus DIR [--stage N] [--stop-stage N] [--train-sets $train_
   [--eval-sets $eval_sets] [--dev-set $dev_set] [--lm-text FILE] [--lm-order $lm_order] [--lm-prune \"$lm_prune\"] [--lm-memory $lm_memory]
   [--nproc-per-node $nproc_per_node] [--torchrun-opts \"OPTIONS\"] [--device $device] [--epochs $epochs]
   [--batch-size $batch_size] [--threads $threads] [--seed $seed] [--jobs $jobs] [--beam-width $beam_width]
-  [--train-opts \"DS2 TRAIN OPTIONS\"] [--decode-opts \"DS2 DECODE OPTIONS\"] [--data $data] [--exp $exp]"
+  $augment_usage [--train-opts \"DS2 TRAIN OPTIONS\"] [--decode-opts \"DS2 DECODE OPTIONS\"] [--data $data] [--exp $exp]"
 source "$(dirname "$0")/../parse_options.sh" # --some-name VALUE sets $some_name
 case ",$eval_sets," in
   *",$dev_set,"*) ;;
@@ -118,6 +122,11 @@ fi
 
 if run_stage 3; then
   log "Stage 3: train DS2 on $data/train.json, $nproc_per_node process(es) (log: $exp/train.log; curves: $exp/curves.png)"
+  augmentation=""
+  if [ "$augment" = true ]; then
+    augmentation=$(augment_options "$data")
+    log "  augmentation: $augmentation"
+  fi
   # --lr and --grad-clip are ds2's defaults for Nesterov SGD: they are for the mean loss per
   # utterance of a minibatch of --batch-size utterances, the same update on one process or N.
   ds2_train "$nproc_per_node" "$data/train.json" "$data/$dev_set.json" --out-dir "$exp" \
@@ -125,7 +134,7 @@ if run_stage 3; then
     --conv-layers 3 --conv-channels 32,32,96 --conv-kernels 41x11,21x11,21x11 --conv-strides 2x2,2x1,2x1 \
     --rnn-type gru --rnn-layers 5 --rnn-hidden 1024 --bidirectional --batch-norm --fc-hidden 1024 \
     --device "$device" --threads "$threads" --seed "$seed" --num-workers 4 --checkpoint-every 1000 --no-progress \
-    $train_opts $([ -f "$exp/last.pt" ] && echo --resume)
+    $augmentation $train_opts $([ -f "$exp/last.pt" ] && echo --resume)
   done_stage 3
 fi
 
