@@ -334,7 +334,7 @@ def step_latency_ms(T: int, backend: str, device: torch.device, warmup: int, rep
 
 
 def fmt(value, digits: int = 2) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN
         return "-"
     if isinstance(value, str):
         return value
@@ -345,18 +345,27 @@ def fmt(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if abs(value) >= 1 else f"{value:.3f}"
 
 
-def write_csv(path: str, rows: list[dict]) -> None:
+def write_csv(path: str, rows: list[dict], fieldnames: list[str] = CSV_FIELDS) -> None:
+    """The rows as CSV, written atomically (a temporary file renamed over ``path``)."""
     directory = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".ctc-bench-", suffix=".csv")
     try:
         with os.fdopen(handle, "w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=CSV_FIELDS)
+            writer = csv.DictWriter(stream, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def parse_seconds(text: str) -> tuple[float, float]:
+    """--seconds LOW,HIGH of the benchmarks that draw utterance durations."""
+    low, high = (float(v) for v in text.split(","))
+    if not 0 < low <= high:
+        raise argparse.ArgumentTypeError(f"--seconds {text!r}: want LOW,HIGH with 0 < LOW <= HIGH")
+    return low, high
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:

@@ -60,7 +60,6 @@ More workers than the cores in the header cannot help: they share those cores.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import statistics
@@ -78,7 +77,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.ctc import fmt  # noqa: E402
+from benchmarks.ctc import fmt, parse_seconds, write_csv  # noqa: E402
 from ds2 import audio  # noqa: E402
 from ds2.data import Bucketing, SpeechDataset, make_loader, read_manifest, write_manifest  # noqa: E402
 from ds2.features import spectrogram  # noqa: E402
@@ -272,13 +271,6 @@ def loader_speeds(datasets: dict[str, SpeechDataset], workers: list[int], batch_
 # ---------------------------------------------------------------------------------- output
 
 
-def write_csv(path: str, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def print_table(columns: list[str], rows: list[list[str]], text_columns: set[str]) -> None:
     """A markdown table; the ``text_columns`` left-aligned, the numbers right-aligned."""
     print("| " + " | ".join(columns) + " |")
@@ -286,13 +278,6 @@ def print_table(columns: list[str], rows: list[list[str]], text_columns: set[str
     for cells in rows:
         print("| " + " | ".join(cells) + " |")
     print(flush=True)
-
-
-def parse_seconds(text: str) -> tuple[float, float]:
-    low, high = (float(v) for v in text.split(","))
-    if not 0 < low <= high:
-        raise argparse.ArgumentTypeError(f"--seconds {text!r}: want LOW,HIGH with 0 < LOW <= HIGH")
-    return low, high
 
 
 def parse_list(choices) -> Callable[[str], list[str]]:
@@ -424,7 +409,7 @@ def main() -> None:
         print_table(["format", "workers", "utt/pass", "utt/s", "audio-s/s", "vs 0 workers", "CPU ms/audio-s",
                      "cores busy"], cells, {"format"})
     if args.csv:
-        write_csv(args.csv, rows)
+        write_csv(args.csv, rows, CSV_FIELDS)
 
 
 if __name__ == "__main__":

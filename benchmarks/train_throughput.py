@@ -64,9 +64,7 @@ Target (issue 12): the large configuration at >= 1.5x the baseline on an H100.
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
-import math
 import re
 import statistics
 import sys
@@ -83,7 +81,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.ctc import is_oom, peak_rss_growth, start_peak_rss  # noqa: E402
+from benchmarks.ctc import fmt, is_oom, parse_seconds, peak_rss_growth, start_peak_rss, write_csv  # noqa: E402
 from ds2 import audio, ctc  # noqa: E402
 from ds2.data import Batch  # noqa: E402
 from ds2.io import compact_heap  # noqa: E402
@@ -397,32 +395,6 @@ def peak_tflops(device: torch.device, override: float | None) -> tuple[float | N
 # ---------------------------------------------------------------------------------- output
 
 
-def fmt(value, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, str):
-        return value
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.{digits}f}" if abs(value) >= 1 else f"{value:.3f}"
-
-
-def write_csv(path: str, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def parse_seconds(text: str) -> tuple[float, float]:
-    low, high = (float(v) for v in text.split(","))
-    if not 0 < low <= high:
-        raise argparse.ArgumentTypeError(f"--seconds {text!r}: want LOW,HIGH with 0 < LOW <= HIGH")
-    return low, high
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
@@ -534,7 +506,7 @@ def main() -> None:
         print(f"\ntarget (issue 12, on an H100): large >= 1.5x the baseline: {fmt(ratio)}x, "
               f"{'met' if ratio and ratio >= 1.5 else 'NOT met'} on {name}")
     if args.csv:
-        write_csv(args.csv, rows)
+        write_csv(args.csv, rows, CSV_FIELDS)
 
 
 def _failure(error: BaseException) -> str:
