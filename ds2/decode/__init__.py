@@ -1,11 +1,12 @@
 """Decoding: from the model's outputs to text.
 
 Greedy (best path) decoding takes the most likely symbol at every output step, merges
-repeats and drops blanks: DS2's no-language-model baseline. LM beam search (pyctcdecode
-over a KenLM model) maximizes log p_ctc + alpha log p_lm + beta words, with DS2's
-per-frame pruning. The acoustic model runs once per manifest; its log-probs can be cached
-and decoded again (``ds2 tune`` searches alpha and beta on them). Files of any length, with
-word times and confidences: ds2.transcribe.
+repeats and drops blanks: DS2's no-language-model baseline. LM beam search maximizes
+log p_ctc + alpha log p_lm + beta words with DS2's per-frame pruning, in ds2's own compiled
+decoder (:mod:`ds2.decode.beam`; pyctcdecode stays as the reference, ``decoder="pyctcdecode"``).
+The acoustic model runs once per manifest; its log-probs can be cached and decoded again
+(``ds2 tune`` searches alpha and beta on them). Files of any length, with word times and
+confidences: ds2.transcribe.
 
 The decoding defaults live here, once: :class:`DecodingOptions`, :class:`BeamSearchOptions`,
 and ``decoding.json`` beside a model (written by ``ds2 tune``), which
@@ -85,14 +86,20 @@ class BeamSearchOptions:
                           "(default: decoding.json beside the checkpoint from `ds2 tune`, else 0.5).")
     beta: float = option(1.0, "Bonus per word (default: decoding.json beside the checkpoint, else 1.0).")
     beam_width: int = option(100, "Beams kept per step.", min=1)
+    beam_threshold: float = option(25.0, "Drop prefixes scoring this far (natural log) below the best one at "
+                                   "each step (0: off).", min=0)
     prune_p: float = option(0.99, "DS2 pruning: per frame, the fewest characters whose probability "
                             "reaches p (1: off).", above=0, max=1)
     prune_top: int = option(40, "DS2 pruning: at most this many characters per frame.", min=1)
-    jobs: int = option(0, "Beam search processes (0: one per core).", min=0)
+    jobs: int = option(0, "Beam search threads (0: one per core).", min=0)
     hotwords: tuple[str, ...] = option((), "Words to favour (names, jargon), separated by commas: each gets "
                                        "--hotword-weight when the search spells it.", parse=parse_strs,
                                        show=show_strs)
     hotword_weight: float = option(10.0, "Score bonus of a hotword (natural log).", min=0)
+    unk_offset: float = option(-10.0, "log10 cost of a word the LM does not know, and of a partial word that "
+                               "starts none of its words.", max=0)
+    decoder: str = option("ds2", "ds2 (compiled, threads) or pyctcdecode (the reference it is checked "
+                          "against; processes, no word times).", choices=("ds2", "pyctcdecode"))
 
     def __post_init__(self):
         check(self)
@@ -144,10 +151,19 @@ def ds2_prune(log_probs: np.ndarray, p: float = 0.99, top: int = 40) -> np.ndarr
     return np.where(rank < n_keep[:, None], log_probs, PRUNED_LOGP).astype(np.float32)
 
 
-_BEAM_DECODER = None  # built once in the parent; forked workers inherit it
+_BEAM_DECODER = None  # pyctcdecode's, built once in the parent; forked workers inherit it
 
 
 def build_beam_decoder(alphabet: Alphabet, options: BeamSearchOptions):
+    """The decoder ``options.decoder`` names, its LM loaded: ds2's (an LmDecoder) or pyctcdecode's."""
+    if options.decoder == "ds2":
+        from ds2.decode.beam import LmDecoder
+
+        return LmDecoder(alphabet, options)
+    return build_pyctcdecode(alphabet, options)
+
+
+def build_pyctcdecode(alphabet: Alphabet, options: BeamSearchOptions):
     from pyctcdecode import Alphabet as CtcAlphabet
     from pyctcdecode import BeamSearchDecoderCTC, LanguageModel
 
@@ -164,7 +180,8 @@ def build_beam_decoder(alphabet: Alphabet, options: BeamSearchOptions):
         outside = sorted({c for word in unigrams for c in word if c not in alphabet.symbols})
         if outside:
             raise ValueError(f"{unigrams_path}: the LM's words use characters outside the model's alphabet: {outside[:10]}")
-    language_model = LanguageModel(kenlm_model, unigrams, alpha=options.alpha, beta=options.beta)
+    language_model = LanguageModel(kenlm_model, unigrams, alpha=options.alpha, beta=options.beta,
+                                   unk_score_offset=options.unk_offset)
     return BeamSearchDecoderCTC(CtcAlphabet.build_alphabet(labels), language_model)
 
 
@@ -177,17 +194,23 @@ def _beam_decode_one(args: tuple[np.ndarray, BeamSearchOptions]) -> str:
     else:
         token_min_logp = -math.inf  # no pruning at all
     hotwords = {"hotwords": list(options.hotwords), "hotword_weight": options.hotword_weight} if options.hotwords else {}
-    beams = _BEAM_DECODER.decode_beams(log_probs, beam_width=beam_width, token_min_logp=token_min_logp, **hotwords)
+    threshold = -options.beam_threshold if options.beam_threshold > 0 else -math.inf
+    beams = _BEAM_DECODER.decode_beams(log_probs, beam_width=beam_width, token_min_logp=token_min_logp,
+                                       beam_prune_logp=threshold, **hotwords)
     return beams[0][0]
 
 
 def beam_decode(log_probs: list[np.ndarray], alphabet: Alphabet, options: BeamSearchOptions, decoder=None) -> list[str]:
-    """LM beam search over per-utterance (T, V) natural-log probabilities, in a fork pool.
+    """LM beam search over per-utterance (T, V) natural-log probabilities: ds2's decoder on
+    threads, or pyctcdecode in a fork pool.
 
     ``decoder``: one build_beam_decoder() made for these options, to reuse over many calls.
     """
+    decoder = decoder if decoder is not None else build_beam_decoder(alphabet, options)
+    if options.decoder == "ds2":
+        return [hypothesis.text for hypothesis in decoder.decode_batch(log_probs, options.jobs)]
     global _BEAM_DECODER
-    _BEAM_DECODER = decoder if decoder is not None else build_beam_decoder(alphabet, options)
+    _BEAM_DECODER = decoder
     tasks = [(lp, options) for lp in log_probs]
     return list(process_map(_beam_decode_one, tasks, options.jobs))
 
@@ -237,6 +260,8 @@ def beam_decoder(alphabet: Alphabet, options: BeamSearchOptions):
     """A function (T, V) log-probs -> text that searches with ``options`` in this process;
     the decoder (and its LM) is built once, for many calls."""
     decoder = build_beam_decoder(alphabet, options)
+    if options.decoder == "ds2":
+        return lambda log_probs: decoder.decode(log_probs, timing=False).text
 
     def decode_one(log_probs: np.ndarray) -> str:
         global _BEAM_DECODER
