@@ -33,10 +33,9 @@ else
   log ".venv is up to date"
 fi
 
-# KenLM's lmplz/build_binary for `ds2 lm build` (the pip package has only the query module).
-if [ ! -x .venv/bin/lmplz ] || [ ! -x .venv/bin/build_binary ]; then
-  bash lm/build_kenlm.sh
-fi
+# KenLM's lmplz/build_binary for `ds2 lm build` and its query libraries for ds2's beam search
+# decoder (the pip package has only the Python query module). Does nothing when all are there.
+bash lm/build_kenlm.sh
 
 # For the tests: sclite, the reference scorer the WER/CER tests compare against; Flite and
 # Festival with two voices, the synthesizers beside eSpeak (tests/test_voices.py).
