@@ -222,6 +222,7 @@ class Search {
 
   int vocabulary() const { return static_cast<int>(labels_.size()); }
   int frames() const { return frames_; }
+  int nodes() const { return static_cast<int>(nodes_.size()); }
 
   void feed(const float *data, int n_frames, int n_labels) {
     if (n_labels != vocabulary())
@@ -383,9 +384,16 @@ class Search {
     candidates(row);
     touched_.clear();
     const double blank = row[0];
+    // A new prefix is made only if it can end this frame within beam_threshold of the best:
+    // its score is at most (what flows into it) + its parent's complete words + the most a
+    // word can add (beta, a hotword); the best so far only grows. Beams come best first.
+    const bool bound = options_.beam_threshold > 0 && options_.alpha >= 0;
+    const double most_added = (lm_ ? std::max(0.0, options_.beta) : 0.0) + (has_hotwords_ ? options_.hotword_weight : 0.0);
+    double best_so_far = kNegInf;
     for (const int id : beams_) {
       const double pb = nodes_[id].pb, pnb = nodes_[id].pnb, total = log_add(pb, pnb);
       const int last = nodes_[id].label;
+      const double words = nodes_[id].lm_words, lm = words + nodes_[id].lm_partial;
       touch(id);
       nodes_[id].next_pb = log_add(nodes_[id].next_pb, total + blank);
       if (last >= 0) nodes_[id].next_pnb = log_add(nodes_[id].next_pnb, pnb + row[last]);  // a repeat collapses
@@ -395,11 +403,15 @@ class Search {
           nodes_[id].next_pnb = log_add(nodes_[id].next_pnb, pb + row[label]);
           continue;
         }
+        const double from = (label == last ? pb : total) + row[label];  // a repeated label needs a blank between
+        if (bound && from + words + most_added < best_so_far - options_.beam_threshold) continue;
         const int next = child(id, label);  // may grow nodes_
         touch(next);
-        const double from = label == last ? pb : total;  // a repeated label needs a blank between
-        nodes_[next].next_pnb = log_add(nodes_[next].next_pnb, from + row[label]);
+        nodes_[next].next_pnb = log_add(nodes_[next].next_pnb, from);
+        best_so_far = std::max(best_so_far, log_add(nodes_[next].next_pb, nodes_[next].next_pnb) +
+                                                nodes_[next].lm_words + nodes_[next].lm_partial);
       }
+      best_so_far = std::max(best_so_far, log_add(nodes_[id].next_pb, nodes_[id].next_pnb) + lm);
     }
     scored_.clear();
     double best = kNegInf;
@@ -415,11 +427,12 @@ class Search {
       scored_.erase(std::remove_if(scored_.begin(), scored_.end(), [floor](const auto &s) { return s.first < floor; }),
                     scored_.end());
     }
+    auto better = [](const auto &a, const auto &b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
     if (static_cast<int>(scored_.size()) > options_.beam_width) {
-      std::nth_element(scored_.begin(), scored_.begin() + options_.beam_width, scored_.end(),
-                       [](const auto &a, const auto &b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
+      std::nth_element(scored_.begin(), scored_.begin() + options_.beam_width, scored_.end(), better);
       scored_.resize(options_.beam_width);
     }
+    std::sort(scored_.begin(), scored_.end(), better);  // best first: the bound above bites early
     beams_.clear();
     for (const auto &entry : scored_) {
       Node &node = nodes_[entry.second];
@@ -585,7 +598,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              }
              return to_python(results);
            }, py::arg("n") = 1, py::arg("final") = true, py::arg("timing") = true)
-      .def_property_readonly("frames", &Search::frames);
+      .def_property_readonly("frames", &Search::frames)
+      .def_property_readonly("nodes", &Search::nodes, "prefixes made so far (a measure of the search's work)");
 
   m.def("decode", [](std::shared_ptr<const LanguageModel> lm, std::vector<std::string> labels, Options options,
                      const std::vector<std::string> &hotwords, const FloatArray &log_probs, int n, bool timing) {
