@@ -30,6 +30,7 @@ import numpy as np
 log = logging.getLogger("ds2.decode")
 
 SOURCES = Path(__file__).parent / "csrc"
+ROW_SUM_TOLERANCE = 1e-2  # |sum(exp(row)) - 1| allowed in the log-probs given
 
 
 class DecoderBuildError(RuntimeError):
@@ -155,11 +156,19 @@ class LmDecoder:
         self._settings = settings
         self._core = core
 
-    def _check(self, log_probs) -> np.ndarray:
+    def _check(self, log_probs, first_frame: int = 0) -> np.ndarray:
+        """(T, V) float32, C order; ValueError for another width or rows that are not
+        log-probabilities (NaN and positive values the core itself refuses)."""
         values = np.ascontiguousarray(np.asarray(log_probs, dtype=np.float32))
         if values.ndim != 2 or values.shape[1] != len(self.labels):
             raise ValueError(f"log-probs of shape {values.shape}: expected (frames, {len(self.labels)}) for this "
                              "alphabet (blank included)")
+        with np.errstate(over="ignore", invalid="ignore"):
+            sums = np.exp(values.astype(np.float64)).sum(axis=1)
+        bad = np.flatnonzero(~(np.abs(sums - 1.0) <= ROW_SUM_TOLERANCE) & ~np.isnan(sums))
+        if len(bad):
+            raise ValueError(f"frame {first_frame + bad[0]}: probabilities sum to {sums[bad[0]]:.4g}, not 1: the "
+                             "decoder takes log_softmax output, not logits")
         return values
 
     def decode(self, log_probs, n_best: int = 1, timing: bool = True) -> Hypothesis:
@@ -200,7 +209,7 @@ class StreamingSearch:
 
     def feed(self, log_probs) -> None:
         """Add (frames, V) log-probs; a chunk may have any number of frames (0 too)."""
-        values = self._decoder._check(log_probs)
+        values = self._decoder._check(log_probs, self.frames)
         if len(values):
             self._search.feed(values)
 

@@ -24,6 +24,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <functional>
 #include <climits>
 #include <cmath>
 #include <limits>
@@ -46,7 +47,7 @@ namespace {
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 constexpr double kLn10 = 2.302585092994046;  // KenLM scores are log10
 constexpr int kAvgWordChars = 6;             // a partial non-word longer than this costs more
-constexpr double kRowSumTolerance = 1e-2;    // |sum(exp(row)) - 1| allowed in the input
+constexpr float kCandidateFloor = -9.2f;     // log 1e-4: pruning sorts the labels above it first
 
 inline double log_add(double a, double b) {
   if (a == kNegInf) return b;
@@ -198,8 +199,10 @@ class Search {
                                                              std::to_string(options_.beam_width));
     if (options_.prune_top < 1) throw std::invalid_argument("prune_top must be at least 1");
     if (!(options_.prune_p > 0 && options_.prune_p <= 1)) throw std::invalid_argument("prune_p must be in (0, 1]");
+    label_chars_.push_back(0);  // the blank
     for (size_t i = 1; i < labels_.size(); ++i) {
       if (labels_[i].empty()) throw std::invalid_argument("label " + std::to_string(i) + " is empty");
+      label_chars_.push_back(utf8_length(labels_[i]));
       if (labels_[i] == " ") {
         space_ = static_cast<int>(i);
       } else if (labels_[i].find(' ') != std::string::npos) {
@@ -212,6 +215,7 @@ class Search {
       while (words >> word) hotwords_.insert(word);
     }
     has_hotwords_ = hotwords_.words() > 0;
+    slot_.assign(labels_.size(), -1);
     Node root;
     root.label = space_;  // the start behaves as after a space: leading spaces change nothing
     root.pb = 0.0;
@@ -243,7 +247,7 @@ class Search {
     std::vector<double> lm_scores(nodes_.size(), 0.0);
     for (int id : beams_) {
       const Node &node = nodes_[id];
-      const double lm = final ? final_lm(node) : node.lm_words + node.lm_partial;
+      const double lm = final ? final_lm(id) : node.lm_words + node.lm_partial;
       lm_scores[id] = lm;
       order.emplace_back(log_add(node.pb, node.pnb) + lm, id);
     }
@@ -268,8 +272,9 @@ class Search {
  private:
   struct Node {
     int parent = -1, label = -1;
-    std::string partial;         // the word being spelled; empty right after a space
+    int partial_chars = 0;       // characters of the word being spelled (0 right after a space)
     int trie = 0, hot = 0;       // the partial word's nodes in the unigram / hotword tries (-1: off them)
+    int first_child = -1, next_sibling = -1;  // the prefixes made from this one, as a list
     lm::ngram::State state;      // LM state after the last complete word
     double lm_words = 0.0;       // alpha ln10 (log10 p + unk) + beta per complete word, + hotword bonuses
     double lm_partial = 0.0;     // the partial word's score
@@ -278,21 +283,29 @@ class Search {
     int stamp = -1;                                // frame next_* belong to
   };
 
+  // A prefix this frame could make: made into a Node only if it makes the beam.
+  struct Pending {
+    int parent, label;
+    double from;  // log p flowing into it at this frame (it ends in its label)
+    double lm_words, lm_partial;
+    int partial_chars, trie, hot;
+    lm::ngram::State state;  // after a space: the state past the completed word
+  };
+
+  // NaN or a positive log-probability stops the search (the Python side also checks that
+  // each row sums to one, vectorized).
   void check_row(const float *row, int t) const {
-    double sum = 0.0;
     for (int v = 0; v < vocabulary(); ++v) {
       const float value = row[v];
       if (std::isnan(value) || value > 1e-3f)
         throw std::invalid_argument("frame " + std::to_string(t) + " has a " + (std::isnan(value) ? "NaN" : "positive") +
                                     " log-probability (label " + std::to_string(v) + "): the decoder takes log_softmax output");
-      sum += std::exp(static_cast<double>(value));
     }
-    if (std::fabs(sum - 1.0) > kRowSumTolerance)
-      throw std::invalid_argument("frame " + std::to_string(t) + ": probabilities sum to " + std::to_string(sum) +
-                                  ", not 1: the decoder takes log_softmax output, not logits");
   }
 
-  // DS2's pruning: the labels (blank aside) among the fewest whose probabilities reach prune_p.
+  // DS2's pruning: the labels (blank aside) among the fewest whose probabilities reach prune_p,
+  // at most prune_top. Sorting only the labels above a floor suffices unless the mass under
+  // it matters; then all are sorted.
   void candidates(const float *row) {
     const int n_labels = vocabulary();
     candidates_.clear();
@@ -300,17 +313,29 @@ class Search {
       for (int v = 1; v < n_labels; ++v) candidates_.push_back(v);
       return;
     }
-    order_.resize(n_labels);
-    for (int v = 0; v < n_labels; ++v) order_[v] = v;
-    const int top = std::min(options_.prune_top, n_labels);
     auto more_likely = [row](int a, int b) { return row[a] > row[b] || (row[a] == row[b] && a < b); };
-    std::partial_sort(order_.begin(), order_.begin() + top, order_.end(), more_likely);
-    double mass = 0.0;
-    for (int i = 0; i < top; ++i) {
-      const int label = order_[i];
-      if (label != 0) candidates_.push_back(label);
-      mass += std::exp(static_cast<double>(row[label]));
-      if (mass >= options_.prune_p) break;
+    for (int pass = 0; pass < 2; ++pass) {
+      order_.clear();
+      const float floor = pass == 0 ? kCandidateFloor : -std::numeric_limits<float>::infinity();
+      for (int v = 0; v < n_labels; ++v)
+        if (row[v] > floor || pass == 1) order_.push_back(v);
+      const int top = std::min<int>(options_.prune_top, static_cast<int>(order_.size()));
+      std::partial_sort(order_.begin(), order_.begin() + top, order_.end(), more_likely);
+      double mass = 0.0;
+      int kept = 0;
+      for (; kept < top; ++kept) {
+        mass += std::exp(static_cast<double>(row[order_[kept]]));
+        if (mass >= options_.prune_p) {
+          ++kept;
+          break;
+        }
+      }
+      if (pass == 0 && mass < options_.prune_p && kept < options_.prune_top && top == static_cast<int>(order_.size()) &&
+          static_cast<int>(order_.size()) < n_labels)
+        continue;  // the labels under the floor are needed: sort them all
+      for (int i = 0; i < kept; ++i)
+        if (order_[i] != 0) candidates_.push_back(order_[i]);
+      return;
     }
   }
 
@@ -323,27 +348,50 @@ class Search {
     }
   }
 
-  int child(int parent, int label) {
-    const uint64_t key = static_cast<uint64_t>(parent) * labels_.size() + label;
-    auto found = children_.find(key);
-    if (found != children_.end()) return found->second;
-    Node node;
-    node.parent = parent;
-    node.label = label;
-    const Node &from = nodes_[parent];
+  // The word being spelled at a prefix, read back to the last space.
+  std::string partial_word(int id) const {
+    std::vector<int> labels;
+    for (; id > 0 && nodes_[id].label != space_; id = nodes_[id].parent) labels.push_back(nodes_[id].label);
+    std::string word;
+    for (auto label = labels.rbegin(); label != labels.rend(); ++label) word += labels_[*label];
+    return word;
+  }
+
+  // What the prefix ``parent`` + ``label`` would score (its LM side), without making it.
+  void prepare(int parent, int label, double from, Pending *p) const {
+    const Node &node = nodes_[parent];
+    p->parent = parent;
+    p->label = label;
+    p->from = from;
     if (label == space_) {  // the partial word is complete
-      node.lm_words = from.lm_words + word_score(from.state, from.partial, &node.state, false);
+      p->lm_words = node.lm_words + word_score(node.state, partial_word(parent), &p->state, false);
+      p->lm_partial = 0.0;
+      p->partial_chars = p->trie = p->hot = 0;
     } else {
-      node.state = from.state;
-      node.lm_words = from.lm_words;
-      node.partial = from.partial + labels_[label];
-      node.trie = (lm_ && from.trie >= 0) ? lm_->unigrams().step(from.trie, labels_[label]) : -1;
-      node.hot = (has_hotwords_ && from.hot >= 0) ? hotwords_.step(from.hot, labels_[label]) : -1;
-      node.lm_partial = partial_score(node);
+      p->lm_words = node.lm_words;
+      p->partial_chars = node.partial_chars + label_chars_[label];
+      p->trie = (lm_ && node.trie >= 0) ? lm_->unigrams().step(node.trie, labels_[label]) : -1;
+      p->hot = (has_hotwords_ && node.hot >= 0) ? hotwords_.step(node.hot, labels_[label]) : -1;
+      p->lm_partial = partial_score(p->partial_chars, p->trie, p->hot);
     }
+  }
+
+  int make(const Pending &p) {
+    Node node;
+    node.parent = p.parent;
+    node.label = p.label;
+    node.partial_chars = p.partial_chars;
+    node.trie = p.trie;
+    node.hot = p.hot;
+    node.state = p.label == space_ ? p.state : nodes_[p.parent].state;
+    node.lm_words = p.lm_words;
+    node.lm_partial = p.lm_partial;
+    node.stamp = frames_;
+    node.next_pnb = p.from;
     const int id = static_cast<int>(nodes_.size());
-    nodes_.push_back(std::move(node));
-    children_.emplace(key, id);
+    node.next_sibling = nodes_[p.parent].first_child;
+    nodes_.push_back(node);
+    nodes_[p.parent].first_child = id;
     return id;
   }
 
@@ -362,20 +410,20 @@ class Search {
     return score;
   }
 
-  double partial_score(const Node &node) const {
-    if (node.partial.empty()) return 0.0;
-    const int length = utf8_length(node.partial);
-    if (has_hotwords_ && node.hot >= 0) return options_.hotword_weight * length / hotwords_.shortest(node.hot);
+  double partial_score(int chars, int trie, int hot) const {
+    if (chars == 0) return 0.0;
+    if (has_hotwords_ && hot >= 0) return options_.hotword_weight * chars / hotwords_.shortest(hot);
     if (!lm_) return 0.0;
-    double unk = (lm_->has_unigrams() && node.trie >= 0) ? 0.0 : options_.unk_offset;
-    if (length > kAvgWordChars) unk *= static_cast<double>(length) / kAvgWordChars;
+    double unk = (lm_->has_unigrams() && trie >= 0) ? 0.0 : options_.unk_offset;
+    if (chars > kAvgWordChars) unk *= static_cast<double>(chars) / kAvgWordChars;
     return unk;
   }
 
-  double final_lm(const Node &node) const {
-    if (!node.partial.empty()) {
+  double final_lm(int id) const {
+    const Node &node = nodes_[id];
+    if (node.partial_chars > 0) {
       lm::ngram::State out;
-      return node.lm_words + word_score(node.state, node.partial, &out, true);
+      return node.lm_words + word_score(node.state, partial_word(id), &out, true);
     }
     return node.lm_words + (lm_ ? options_.alpha * kLn10 * lm_->end(node.state) : 0.0);
   }
@@ -383,17 +431,20 @@ class Search {
   void step(const float *row) {
     candidates(row);
     touched_.clear();
+    pending_.clear();
     const double blank = row[0];
-    // A new prefix is made only if it can end this frame within beam_threshold of the best:
-    // its score is at most (what flows into it) + its parent's complete words + the most a
-    // word can add (beta, a hotword); the best so far only grows. Beams come best first.
+    // Prefixes already made gather what flows into them; a new one is first only a Pending,
+    // made a Node if it makes the beam. One that cannot end the frame within beam_threshold of
+    // the best is not even prepared: its score is at most (what flows into it) + its parent's
+    // complete words + the most a word adds (beta, a hotword), and the best so far only grows.
     const bool bound = options_.beam_threshold > 0 && options_.alpha >= 0;
     const double most_added = (lm_ ? std::max(0.0, options_.beta) : 0.0) + (has_hotwords_ ? options_.hotword_weight : 0.0);
     double best_so_far = kNegInf;
-    for (const int id : beams_) {
+    for (const int id : beams_) {  // best first
       const double pb = nodes_[id].pb, pnb = nodes_[id].pnb, total = log_add(pb, pnb);
       const int last = nodes_[id].label;
-      const double words = nodes_[id].lm_words, lm = words + nodes_[id].lm_partial;
+      const double words = nodes_[id].lm_words;
+      for (int c = nodes_[id].first_child; c >= 0; c = nodes_[c].next_sibling) slot_[nodes_[c].label] = c;
       touch(id);
       nodes_[id].next_pb = log_add(nodes_[id].next_pb, total + blank);
       if (last >= 0) nodes_[id].next_pnb = log_add(nodes_[id].next_pnb, pnb + row[last]);  // a repeat collapses
@@ -404,15 +455,19 @@ class Search {
           continue;
         }
         const double from = (label == last ? pb : total) + row[label];  // a repeated label needs a blank between
+        if (slot_[label] >= 0) {  // made before
+          const int next = slot_[label];
+          touch(next);
+          nodes_[next].next_pnb = log_add(nodes_[next].next_pnb, from);
+          continue;
+        }
         if (bound && from + words + most_added < best_so_far - options_.beam_threshold) continue;
-        const int next = child(id, label);  // may grow nodes_
-        touch(next);
-        nodes_[next].next_pnb = log_add(nodes_[next].next_pnb, from);
-        best_so_far = std::max(best_so_far, log_add(nodes_[next].next_pb, nodes_[next].next_pnb) +
-                                                nodes_[next].lm_words + nodes_[next].lm_partial);
+        raw_.push_back({id, label, from, from + words + most_added});
       }
-      best_so_far = std::max(best_so_far, log_add(nodes_[id].next_pb, nodes_[id].next_pnb) + lm);
+      best_so_far = std::max(best_so_far, log_add(nodes_[id].next_pb, nodes_[id].next_pnb) + words + nodes_[id].lm_partial);
+      for (int c = nodes_[id].first_child; c >= 0; c = nodes_[c].next_sibling) slot_[nodes_[c].label] = -1;
     }
+    // rank made prefixes (index >= 0) and pending ones (-1 - index) together
     scored_.clear();
     double best = kNegInf;
     for (const int id : touched_) {
@@ -422,12 +477,34 @@ class Search {
       scored_.emplace_back(score, id);
       best = std::max(best, score);
     }
+    // A new prefix is prepared (its LM side computed) only if its upper bound beats both the
+    // threshold and the beam_width-th score of the prefixes made already.
+    double cut = options_.beam_threshold > 0 ? best - options_.beam_threshold : kNegInf;
+    if (static_cast<int>(scored_.size()) >= options_.beam_width && options_.alpha >= 0) {
+      kth_.clear();
+      for (const auto &entry : scored_) kth_.push_back(entry.first);
+      std::nth_element(kth_.begin(), kth_.begin() + (options_.beam_width - 1), kth_.end(), std::greater<double>());
+      cut = std::max(cut, kth_[options_.beam_width - 1]);
+    }
+    for (const auto &candidate : raw_) {
+      if (candidate.bound < cut) continue;
+      pending_.emplace_back();
+      prepare(candidate.parent, candidate.label, candidate.from, &pending_.back());
+    }
+    raw_.clear();
+    for (size_t k = 0; k < pending_.size(); ++k) {
+      const Pending &p = pending_[k];
+      const double score = p.from + p.lm_words + p.lm_partial;
+      if (score == kNegInf) continue;
+      scored_.emplace_back(score, -1 - static_cast<int>(k));
+      best = std::max(best, score);
+    }
     if (options_.beam_threshold > 0) {
       const double floor = best - options_.beam_threshold;
       scored_.erase(std::remove_if(scored_.begin(), scored_.end(), [floor](const auto &s) { return s.first < floor; }),
                     scored_.end());
     }
-    auto better = [](const auto &a, const auto &b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
+    auto better = [](const auto &a, const auto &b) { return a.first > b.first || (a.first == b.first && a.second > b.second); };
     if (static_cast<int>(scored_.size()) > options_.beam_width) {
       std::nth_element(scored_.begin(), scored_.begin() + options_.beam_width, scored_.end(), better);
       scored_.resize(options_.beam_width);
@@ -435,10 +512,11 @@ class Search {
     std::sort(scored_.begin(), scored_.end(), better);  // best first: the bound above bites early
     beams_.clear();
     for (const auto &entry : scored_) {
-      Node &node = nodes_[entry.second];
+      const int id = entry.second >= 0 ? entry.second : make(pending_[-1 - entry.second]);
+      Node &node = nodes_[id];
       node.pb = node.next_pb;
       node.pnb = node.next_pnb;
-      beams_.push_back(entry.second);
+      beams_.push_back(id);
     }
     if (beams_.empty()) {  // every prefix underflowed (-inf rows): keep the empty one alive
       nodes_[0].pb = 0.0;
@@ -534,8 +612,16 @@ class Search {
   int frames_ = 0;
   std::vector<float> frames_log_probs_;  // everything fed, for the alignment of the results
   std::vector<Node> nodes_;
-  std::unordered_map<uint64_t, int> children_;
+  std::vector<int> slot_;  // label -> child of the prefix being extended (-1: none)
   std::vector<int> beams_, touched_, candidates_, order_;
+  std::vector<Pending> pending_;
+  struct Raw {
+    int parent, label;
+    double from, bound;
+  };
+  std::vector<Raw> raw_;  // new prefixes before their LM side is computed
+  std::vector<double> kth_;
+  std::vector<int> label_chars_;  // characters in each label
   std::vector<std::pair<double, int>> scored_;
 };
 
