@@ -49,7 +49,7 @@ from ds2.metrics import score_pairs  # noqa: E402
 from ds2.text import Alphabet  # noqa: E402
 
 FIELDS = ["case", "decoder", "beam", "pruning", "threshold", "wer", "cer", "rtf", "speedup_vs_pyctcdecode",
-          "agree_with_pyctcdecode"]
+          "speedup_vs_flashlight", "agree_with_pyctcdecode"]
 
 
 # ----------------------------------------------------------------------------- the peers
@@ -174,9 +174,9 @@ def run_rows(case, args) -> list[dict]:
     labels = [""] + list(alphabet.symbols)
     print(f"\n## {name}: {len(log_probs)} utterances, {audio_seconds:.0f} s of audio, {len(labels)} outputs; "
           f"alpha={alpha} beta={beta}; one thread", flush=True)
-    print("| decoder | beam | DS2 pruning | threshold | WER % | CER % | real-time factor | ours faster | "
-          "same text as pyctcdecode |")
-    print("|---|---:|:-:|---:|---:|---:|---:|---:|---:|")
+    print("| decoder | beam | DS2 pruning | threshold | WER % | CER % | real-time factor | ours / pyctcdecode | "
+          "ours / flashlight | same text as pyctcdecode |")
+    print("|---|---:|:-:|---:|---:|---:|---:|---:|---:|---:|")
     base = BeamSearchOptions(lm=lm_path, alpha=alpha, beta=beta, jobs=1, beam_threshold=args.threshold)
     decoders = [d for d in args.decoders.split(",") if d != "flashlight" or flashlight_available()]
     rows, too_slow = [], set()
@@ -196,9 +196,10 @@ def run_rows(case, args) -> list[dict]:
 
     def emit(row):
         rows.append(row)
+        ratios = [f"{row[key]:.1f}x faster" if row[key] is not None else "-"
+                  for key in ("speedup_vs_pyctcdecode", "speedup_vs_flashlight")]
         print(f"| {row['decoder']} | {row['beam']} | {row['pruning']} | {row['threshold']} | {fmt(row['wer'])} | "
-              f"{fmt(row['cer'])} | {fmt(row['rtf'], 5)} | {fmt(row['speedup_vs_pyctcdecode'], 1)}"
-              f"{'x' if row['speedup_vs_pyctcdecode'] is not None else ''} | {row['agree_with_pyctcdecode']} |",
+              f"{fmt(row['cer'])} | {row['rtf']:.2e} | {ratios[0]} | {ratios[1]} | {row['agree_with_pyctcdecode']} |",
               flush=True)
 
     for beam in (int(b) for b in args.beams.split(",")):
@@ -209,24 +210,27 @@ def run_rows(case, args) -> list[dict]:
             for decoder in decoders:
                 if (decoder, pruning) in too_slow:
                     print(f"| {decoder} | {beam} | {'yes' if pruning else 'no'} | {args.threshold} | skipped: a narrower "
-                          f"beam took over {args.slow_limit:.0f} s | | | | |", flush=True)
+                          f"beam took over {args.slow_limit:.0f} s | | | | | |", flush=True)
                     continue
                 results[decoder] = measure(decoder, options)
                 if results[decoder][3] > args.slow_limit:
                     too_slow.add((decoder, pruning))
-            reference = results.get("pyctcdecode")
+            reference, flashlight = results.get("pyctcdecode"), results.get("flashlight")
             for decoder, (texts, wer, cer, seconds) in results.items():
                 speedup = reference[3] / seconds if reference and decoder == "ds2" else None
+                over_flashlight = flashlight[3] / seconds if flashlight and decoder == "ds2" else None
                 agree = (f"{sum(a == b for a, b in zip(texts, reference[0]))}/{len(texts)}"
                          if reference and decoder != "pyctcdecode" else "-")
                 emit(dict(case=name, decoder=decoder, beam=beam, pruning="yes" if pruning else "no",
                           threshold=args.threshold, wer=wer, cer=cer, rtf=seconds / audio_seconds,
-                          speedup_vs_pyctcdecode=speedup, agree_with_pyctcdecode=agree))
+                          speedup_vs_pyctcdecode=speedup, speedup_vs_flashlight=over_flashlight,
+                          agree_with_pyctcdecode=agree))
     # the beam threshold: what it saves and costs, ours, beam 100, pruning on
     for threshold in (0.0, 10.0, 25.0, 50.0):
         texts, wer, cer, seconds = measure("ds2", replace(base, beam_width=100, beam_threshold=threshold))
         emit(dict(case=name, decoder="ds2", beam=100, pruning="yes", threshold=threshold or "off", wer=wer, cer=cer,
-                  rtf=seconds / audio_seconds, speedup_vs_pyctcdecode=None, agree_with_pyctcdecode="-"))
+                  rtf=seconds / audio_seconds, speedup_vs_pyctcdecode=None, speedup_vs_flashlight=None,
+                  agree_with_pyctcdecode="-"))
     return rows
 
 

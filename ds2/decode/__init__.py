@@ -68,6 +68,7 @@ def greedy_decode(logits: torch.Tensor, lengths: torch.Tensor, alphabet: Alphabe
 # ----------------------------------------------------------------------------- LM beam search
 
 PRUNED_LOGP = -1e4  # log-probability given to characters DS2's pruning removes from a frame
+PYCTCDECODE_PRUNED_CUT = math.log(1e-15) + 1.0  # pyctcdecode's token_min_logp that skips them (see _beam_decode_one)
 ISLAND_FRAMES = 3  # split_at_pauses: this few non-blank frames alone between pauses belong to the next word
 
 
@@ -190,7 +191,9 @@ def _beam_decode_one(args: tuple[np.ndarray, BeamSearchOptions]) -> str:
     beam_width, prune_p, prune_top = options.beam_width, options.prune_p, options.prune_top
     if prune_p < 1 or prune_top < log_probs.shape[1]:
         log_probs = ds2_prune(log_probs, prune_p, prune_top)
-        token_min_logp = PRUNED_LOGP / 2  # everything DS2 kept is a candidate
+        # pyctcdecode clips log-probs at log(1e-15) before comparing them with token_min_logp:
+        # pruned characters come back at -34.5, so the cut must sit above that to prune at all
+        token_min_logp = PYCTCDECODE_PRUNED_CUT
     else:
         token_min_logp = -math.inf  # no pruning at all
     hotwords = {"hotwords": list(options.hotwords), "hotword_weight": options.hotword_weight} if options.hotwords else {}
