@@ -3,7 +3,7 @@
 The model runs over each file in chunks (:mod:`ds2.longform`; pieces of several files share
 a batch). It is decoded in pieces cut at pauses (a pause ends a word: a model trained on
 single utterances emits no space between two sentences) and kept under ``search_seconds``,
-by greedy decoding or, with an LM or hotwords, beam search in parallel processes
+by greedy decoding or, with an LM or hotwords, ds2's beam search on threads
 (:mod:`ds2.decode`; alpha/beta tuned beside the model are used by default), and the words
 get their times by aligning that text to the model's outputs (:mod:`ds2.alignment`). A
 word's confidence is the mean probability the model gives its characters over the frames

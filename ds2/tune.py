@@ -32,7 +32,8 @@ COARSE_BETAS = (-1.0, 0.0, 1.0, 2.0, 3.0)
 class TuneOptions:
     beam_width: int = option(BeamSearchOptions().beam_width, "Beam width while tuning: decoding's own, so "
                              "the weights are tuned for the search they will be used in.", min=1)
-    jobs: int = option(0, "Beam search processes (0: one per core).", min=0)
+    jobs: int = option(0, "Beam search threads (0: one per core).", min=0)
+    decoder: str = option("ds2", "ds2, or pyctcdecode (the reference; slower).", choices=("ds2", "pyctcdecode"))
 
     def __post_init__(self):
         check(self)
@@ -78,7 +79,7 @@ def tune(
         raise ValueError(f"{logprobs}: no utterance has log-probs (none of {manifest}'s audio could be read): "
                          "nothing to tune on")
     out_dir = Path(out_dir)
-    base = BeamSearchOptions(lm=str(lm), beam_width=beam_width, jobs=options.jobs)
+    base = BeamSearchOptions(lm=str(lm), beam_width=beam_width, jobs=options.jobs, decoder=options.decoder)
     rows: list[dict] = []
     coarse = grid(cache, references, base, alphas, betas, rows, "coarse")
     i, j = np.unravel_index(np.argmin(coarse), coarse.shape)

@@ -226,8 +226,8 @@ def split_at_pauses(log_probs: np.ndarray, max_frames: int, pause_frames: int | 
     space), then within any piece still longer than ``max_frames`` in the middle of its
     longest blank run in the second half of the window (at the limit where there is none).
 
-    pyctcdecode's beam search compares whole hypothesis texts at every frame, so its cost
-    grows faster than the length; short pieces also let the search run in parallel.
+    Short pieces keep a search's memory (every frame is kept for the word alignment) and
+    its prefix tree small, and let pieces run in parallel.
     """
     n_frames = len(log_probs)
     blank = np.asarray(log_probs).argmax(axis=1) == BLANK
