@@ -5,7 +5,8 @@
 //   - one hypothesis per distinct prefix (its blank- and non-blank-ending probabilities
 //     summed, as CTC defines p_ctc), kept in a prefix tree so a child is made once;
 //   - DS2's pruning: at each frame only the fewest labels whose probabilities reach
-//     prune_p (at most prune_top) start new prefixes; blank and repeats always count;
+//     prune_p (at most prune_top, none under 1e-4) start new prefixes; blank and repeats
+//     always count;
 //   - a beam of beam_width prefixes, minus those more than beam_threshold below the best;
 //   - the LM queried through KenLM's state API once per new word (the state travels with
 //     the prefix), partial words scored against the LM's unigrams (a prefix of no word
@@ -47,7 +48,7 @@ namespace {
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 constexpr double kLn10 = 2.302585092994046;  // KenLM scores are log10
 constexpr int kAvgWordChars = 6;             // a partial non-word longer than this costs more
-constexpr float kCandidateFloor = -9.2f;     // log 1e-4: pruning sorts the labels above it first
+constexpr float kCandidateFloor = -9.2103f;  // log 1e-4: with pruning, no label under it starts a prefix
 
 inline double log_add(double a, double b) {
   if (a == kNegInf) return b;
@@ -304,8 +305,8 @@ class Search {
   }
 
   // DS2's pruning: the labels (blank aside) among the fewest whose probabilities reach prune_p,
-  // at most prune_top. Sorting only the labels above a floor suffices unless the mass under
-  // it matters; then all are sorted.
+  // at most prune_top, and none under kCandidateFloor (1e-4: a label that unlikely never
+  // starts a prefix while pruning is on). Only the labels above the floor are sorted.
   void candidates(const float *row) {
     const int n_labels = vocabulary();
     candidates_.clear();
@@ -313,29 +314,17 @@ class Search {
       for (int v = 1; v < n_labels; ++v) candidates_.push_back(v);
       return;
     }
+    order_.clear();
+    for (int v = 0; v < n_labels; ++v)
+      if (row[v] > kCandidateFloor) order_.push_back(v);
     auto more_likely = [row](int a, int b) { return row[a] > row[b] || (row[a] == row[b] && a < b); };
-    for (int pass = 0; pass < 2; ++pass) {
-      order_.clear();
-      const float floor = pass == 0 ? kCandidateFloor : -std::numeric_limits<float>::infinity();
-      for (int v = 0; v < n_labels; ++v)
-        if (row[v] > floor || pass == 1) order_.push_back(v);
-      const int top = std::min<int>(options_.prune_top, static_cast<int>(order_.size()));
-      std::partial_sort(order_.begin(), order_.begin() + top, order_.end(), more_likely);
-      double mass = 0.0;
-      int kept = 0;
-      for (; kept < top; ++kept) {
-        mass += std::exp(static_cast<double>(row[order_[kept]]));
-        if (mass >= options_.prune_p) {
-          ++kept;
-          break;
-        }
-      }
-      if (pass == 0 && mass < options_.prune_p && kept < options_.prune_top && top == static_cast<int>(order_.size()) &&
-          static_cast<int>(order_.size()) < n_labels)
-        continue;  // the labels under the floor are needed: sort them all
-      for (int i = 0; i < kept; ++i)
-        if (order_[i] != 0) candidates_.push_back(order_[i]);
-      return;
+    const int top = std::min<int>(options_.prune_top, static_cast<int>(order_.size()));
+    std::partial_sort(order_.begin(), order_.begin() + top, order_.end(), more_likely);
+    double mass = 0.0;
+    for (int i = 0; i < top; ++i) {
+      if (order_[i] != 0) candidates_.push_back(order_[i]);
+      mass += std::exp(static_cast<double>(row[order_[i]]));
+      if (mass >= options_.prune_p) break;
     }
   }
 
