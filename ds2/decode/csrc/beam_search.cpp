@@ -226,6 +226,8 @@ class Search {
   }
 
   int vocabulary() const { return static_cast<int>(labels_.size()); }
+  // Without the frames kept, results carry no word timings (a one-shot decode that needs none).
+  void keep_frames(bool keep) { keep_frames_ = keep; }
   int frames() const { return frames_; }
   int nodes() const { return static_cast<int>(nodes_.size()); }
 
@@ -234,9 +236,12 @@ class Search {
       throw std::invalid_argument("log-probs have " + std::to_string(n_labels) + " columns; the vocabulary has " +
                                   std::to_string(vocabulary()) + " labels (blank included)");
     for (int t = 0; t < n_frames; ++t) check_row(data + static_cast<size_t>(t) * n_labels, frames_ + t);
-    frames_log_probs_.insert(frames_log_probs_.end(), data, data + static_cast<size_t>(n_frames) * n_labels);
+    if (keep_frames_) {
+      frames_log_probs_.reserve(frames_log_probs_.size() + static_cast<size_t>(n_frames) * n_labels);
+      frames_log_probs_.insert(frames_log_probs_.end(), data, data + static_cast<size_t>(n_frames) * n_labels);
+    }
     for (int t = 0; t < n_frames; ++t) {
-      step(&frames_log_probs_[static_cast<size_t>(frames_) * n_labels]);
+      step(data + static_cast<size_t>(t) * n_labels);
       ++frames_;
     }
   }
@@ -264,7 +269,7 @@ class Search {
       result.lm = lm_scores[entry.second];
       result.total = entry.first;
       result.acoustic = entry.first - result.lm;
-      if (timing) result.words = align_words(result.labels);
+      if (timing && keep_frames_) result.words = align_words(result.labels);
       out.push_back(std::move(result));
     }
     return out;
@@ -296,7 +301,11 @@ class Search {
   // NaN or a positive log-probability stops the search (the Python side also checks that
   // each row sums to one, vectorized).
   void check_row(const float *row, int t) const {
-    for (int v = 0; v < vocabulary(); ++v) {
+    const int n_labels = vocabulary();
+    bool bad = false;
+    for (int v = 0; v < n_labels; ++v) bad |= !(row[v] <= 1e-3f);  // NaN or positive; no branch
+    if (!bad) return;
+    for (int v = 0; v < n_labels; ++v) {
       const float value = row[v];
       if (std::isnan(value) || value > 1e-3f)
         throw std::invalid_argument("frame " + std::to_string(t) + " has a " + (std::isnan(value) ? "NaN" : "positive") +
@@ -314,12 +323,18 @@ class Search {
       for (int v = 1; v < n_labels; ++v) candidates_.push_back(v);
       return;
     }
-    order_.clear();
-    for (int v = 0; v < n_labels; ++v)
-      if (row[v] > kCandidateFloor) order_.push_back(v);
+    order_.resize(n_labels);
+    int above = 0;
+    for (int v = 0; v < n_labels; ++v) {  // no branch: the test is a coin flip on a flat tail
+      order_[above] = v;
+      above += row[v] > kCandidateFloor;
+    }
+    order_.resize(above);
     auto more_likely = [row](int a, int b) { return row[a] > row[b] || (row[a] == row[b] && a < b); };
     const int top = std::min<int>(options_.prune_top, static_cast<int>(order_.size()));
-    std::partial_sort(order_.begin(), order_.begin() + top, order_.end(), more_likely);
+    if (top < static_cast<int>(order_.size()))  // the top ones first (linear), then sorted
+      std::nth_element(order_.begin(), order_.begin() + top, order_.end(), more_likely);
+    std::sort(order_.begin(), order_.begin() + top, more_likely);
     double mass = 0.0;
     for (int i = 0; i < top; ++i) {
       if (order_[i] != 0) candidates_.push_back(order_[i]);
@@ -600,6 +615,7 @@ class Search {
   int space_ = -1;
   int frames_ = 0;
   std::vector<float> frames_log_probs_;  // everything fed, for the alignment of the results
+  bool keep_frames_ = true;
   std::vector<Node> nodes_;
   std::vector<int> slot_;  // label -> child of the prefix being extended (-1: none)
   std::vector<int> beams_, touched_, candidates_, order_;
@@ -679,6 +695,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode", [](std::shared_ptr<const LanguageModel> lm, std::vector<std::string> labels, Options options,
                      const std::vector<std::string> &hotwords, const FloatArray &log_probs, int n, bool timing) {
           Search search(std::move(lm), std::move(labels), options, hotwords);
+          search.keep_frames(timing);
           feed(search, log_probs);
           std::vector<Result> results;
           {
