@@ -208,6 +208,8 @@ def run_rows(case, args) -> list[dict]:
                               prune_top=base.prune_top if pruning else len(labels))
             results = {}
             for decoder in decoders:
+                if not pruning and decoder not in args.unpruned_decoders.split(","):
+                    continue
                 if (decoder, pruning) in too_slow:
                     print(f"| {decoder} | {beam} | {'yes' if pruning else 'no'} | {args.threshold} | skipped: a narrower "
                           f"beam took over {args.slow_limit:.0f} s | | | | | |", flush=True)
@@ -246,6 +248,9 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=BeamSearchOptions().beam_threshold,
                         help="beam threshold of ours and pyctcdecode (natural log)")
     parser.add_argument("--decoders", default="ds2,pyctcdecode,flashlight")
+    parser.add_argument("--unpruned-decoders", default="ds2,pyctcdecode,flashlight",
+                        help="the decoders also run without pruning (pyctcdecode over thousands of outputs "
+                        "without pruning takes minutes per utterance)")
     parser.add_argument("--limit", type=int, default=50, help="the first N utterances (0: all)")
     parser.add_argument("--slow-limit", type=float, default=120.0, help="seconds a row may take before the "
                         "decoder's wider beams are skipped")

@@ -319,10 +319,12 @@ class Search {
   void candidates(const float *row) {
     const int n_labels = vocabulary();
     candidates_.clear();
+    candidates_sorted_ = false;
     if (options_.prune_p >= 1.0 && options_.prune_top >= n_labels) {
       for (int v = 1; v < n_labels; ++v) candidates_.push_back(v);
       return;
     }
+    candidates_sorted_ = true;
     order_.resize(n_labels);
     int above = 0;
     for (int v = 0; v < n_labels; ++v) {  // no branch: the test is a coin flip on a flat tail
@@ -437,42 +439,30 @@ class Search {
     touched_.clear();
     pending_.clear();
     const double blank = row[0];
-    // Prefixes already made gather what flows into them; a new one is first only a Pending,
-    // made a Node if it makes the beam. One that cannot end the frame within beam_threshold of
-    // the best is not even prepared: its score is at most (what flows into it) + its parent's
-    // complete words + the most a word adds (beta, a hotword), and the best so far only grows.
-    const bool bound = options_.beam_threshold > 0 && options_.alpha >= 0;
-    const double most_added = (lm_ ? std::max(0.0, options_.beta) : 0.0) + (has_hotwords_ ? options_.hotword_weight : 0.0);
-    double best_so_far = kNegInf;
+    // Pass 1: the prefixes already made gather what flows into them (blank, repeat, a label
+    // to a child made before).
     for (const int id : beams_) {  // best first
       const double pb = nodes_[id].pb, pnb = nodes_[id].pnb, total = log_add(pb, pnb);
       const int last = nodes_[id].label;
-      const double words = nodes_[id].lm_words;
-      for (int c = nodes_[id].first_child; c >= 0; c = nodes_[c].next_sibling) slot_[nodes_[c].label] = c;
       touch(id);
       nodes_[id].next_pb = log_add(nodes_[id].next_pb, total + blank);
       if (last >= 0) nodes_[id].next_pnb = log_add(nodes_[id].next_pnb, pnb + row[last]);  // a repeat collapses
+      if (nodes_[id].first_child < 0 && last != space_) continue;
+      for (int c = nodes_[id].first_child; c >= 0; c = nodes_[c].next_sibling) slot_[nodes_[c].label] = c;
       for (const int label : candidates_) {
         if (label == space_ && last == space_) {
           // a space after a space (or at the start) changes no word: the prefix stays
           nodes_[id].next_pnb = log_add(nodes_[id].next_pnb, pb + row[label]);
-          continue;
-        }
-        const double from = (label == last ? pb : total) + row[label];  // a repeated label needs a blank between
-        if (slot_[label] >= 0) {  // made before
+        } else if (slot_[label] >= 0) {
           const int next = slot_[label];
           touch(next);
+          const double from = (label == last ? pb : total) + row[label];  // a repeated label needs a blank between
           nodes_[next].next_pnb = log_add(nodes_[next].next_pnb, from);
-          continue;
         }
-        if (bound && from + words + most_added < best_so_far - options_.beam_threshold) continue;
-        raw_.push_back({id, label, from, from + words + most_added});
       }
-      best_so_far = std::max(best_so_far, log_add(nodes_[id].next_pb, nodes_[id].next_pnb) + words + nodes_[id].lm_partial);
       for (int c = nodes_[id].first_child; c >= 0; c = nodes_[c].next_sibling) slot_[nodes_[c].label] = -1;
     }
-    // rank made prefixes (index >= 0) and pending ones (-1 - index) together
-    scored_.clear();
+    scored_.clear();  // made prefixes (index >= 0) and pending ones (-1 - index), ranked together
     double best = kNegInf;
     for (const int id : touched_) {
       const Node &node = nodes_[id];
@@ -481,21 +471,40 @@ class Search {
       scored_.emplace_back(score, id);
       best = std::max(best, score);
     }
-    // A new prefix is prepared (its LM side computed) only if its upper bound beats both the
-    // threshold and the beam_width-th score of the prefixes made already.
-    double cut = options_.beam_threshold > 0 ? best - options_.beam_threshold : kNegInf;
-    if (static_cast<int>(scored_.size()) >= options_.beam_width && options_.alpha >= 0) {
-      kth_.clear();
-      for (const auto &entry : scored_) kth_.push_back(entry.first);
-      std::nth_element(kth_.begin(), kth_.begin() + (options_.beam_width - 1), kth_.end(), std::greater<double>());
-      cut = std::max(cut, kth_[options_.beam_width - 1]);
+    // Pass 2: new prefixes. One is prepared (its LM side computed: a KenLM query when it ends
+    // a word) only if an upper bound of its score, what flows into it + its parent's complete
+    // words + the most a word adds (beta, a hotword), reaches the cut: beam_threshold below
+    // the best made prefix, and the beam_width-th made prefix's score (both only grow). With
+    // the labels most likely first, the first label under the cut ends a prefix's turn.
+    double cut = kNegInf;
+    if (options_.alpha >= 0) {
+      if (options_.beam_threshold > 0) cut = best - options_.beam_threshold;
+      if (static_cast<int>(scored_.size()) >= options_.beam_width) {
+        kth_.clear();
+        for (const auto &entry : scored_) kth_.push_back(entry.first);
+        std::nth_element(kth_.begin(), kth_.begin() + (options_.beam_width - 1), kth_.end(), std::greater<double>());
+        cut = std::max(cut, kth_[options_.beam_width - 1]);
+      }
     }
-    for (const auto &candidate : raw_) {
-      if (candidate.bound < cut) continue;
-      pending_.emplace_back();
-      prepare(candidate.parent, candidate.label, candidate.from, &pending_.back());
+    const double most_added = (lm_ ? std::max(0.0, options_.beta) : 0.0) + (has_hotwords_ ? options_.hotword_weight : 0.0);
+    for (const int id : beams_) {
+      const double pb = nodes_[id].pb, total = log_add(pb, nodes_[id].pnb);
+      const int last = nodes_[id].label;
+      const double ceiling = nodes_[id].lm_words + most_added;
+      if (candidates_sorted_ && !candidates_.empty() && total + row[candidates_[0]] + ceiling < cut) continue;
+      for (int c = nodes_[id].first_child; c >= 0; c = nodes_[c].next_sibling) slot_[nodes_[c].label] = c;
+      for (const int label : candidates_) {
+        if ((label == space_ && last == space_) || slot_[label] >= 0) continue;  // done in pass 1
+        const double from = (label == last ? pb : total) + row[label];
+        if (from + ceiling < cut) {
+          if (candidates_sorted_ && label != last) break;  // every later label flows in less
+          continue;
+        }
+        pending_.emplace_back();
+        prepare(id, label, from, &pending_.back());
+      }
+      for (int c = nodes_[id].first_child; c >= 0; c = nodes_[c].next_sibling) slot_[nodes_[c].label] = -1;
     }
-    raw_.clear();
     for (size_t k = 0; k < pending_.size(); ++k) {
       const Pending &p = pending_[k];
       const double score = p.from + p.lm_words + p.lm_partial;
@@ -620,11 +629,7 @@ class Search {
   std::vector<int> slot_;  // label -> child of the prefix being extended (-1: none)
   std::vector<int> beams_, touched_, candidates_, order_;
   std::vector<Pending> pending_;
-  struct Raw {
-    int parent, label;
-    double from, bound;
-  };
-  std::vector<Raw> raw_;  // new prefixes before their LM side is computed
+  bool candidates_sorted_ = false;  // candidates_ most likely first (with pruning)
   std::vector<double> kth_;
   std::vector<int> label_chars_;  // characters in each label
   std::vector<std::pair<double, int>> scored_;
