@@ -68,7 +68,6 @@ def greedy_decode(logits: torch.Tensor, lengths: torch.Tensor, alphabet: Alphabe
 # ----------------------------------------------------------------------------- LM beam search
 
 PRUNED_LOGP = -1e4  # log-probability given to characters DS2's pruning removes from a frame
-PRUNE_FLOOR = 1e-4  # with pruning on, a character this unlikely is never a candidate
 PYCTCDECODE_PRUNED_CUT = math.log(1e-15) + 1.0  # pyctcdecode's token_min_logp that skips them (see _beam_decode_one)
 ISLAND_FRAMES = 3  # split_at_pauses: this few non-blank frames alone between pauses belong to the next word
 
@@ -91,7 +90,7 @@ class BeamSearchOptions:
     beam_threshold: float = option(25.0, "Drop prefixes scoring this far (natural log) below the best one at "
                                    "each step (0: off).", min=0)
     prune_p: float = option(0.99, "DS2 pruning: per frame, the fewest characters whose probability "
-                            "reaches p, none under 1e-4 (1: off).", above=0, max=1)
+                            "reaches p (1: off).", above=0, max=1)
     prune_top: int = option(40, "DS2 pruning: at most this many characters per frame.", min=1)
     jobs: int = option(0, "Beam search threads (0: one per core).", min=0)
     hotwords: tuple[str, ...] = option((), "Words to favour (names, jargon), separated by commas: each gets "
@@ -142,8 +141,7 @@ def ds2_prune(log_probs: np.ndarray, p: float = 0.99, top: int = 40) -> np.ndarr
     pyctcdecode reference; ds2's decoder prunes inside its search, the same way).
 
     Keeps, at each frame, the fewest characters whose cumulative probability reaches ``p``
-    (at most ``top``, none under PRUNE_FLOOR); the others get PRUNED_LOGP so the search
-    never expands them.
+    (at most ``top``); the others get PRUNED_LOGP so the search never expands them.
     """
     probs = np.exp(log_probs)
     order = np.argsort(-probs, axis=1, kind="stable")  # T x V, most likely first
@@ -152,7 +150,7 @@ def ds2_prune(log_probs: np.ndarray, p: float = 0.99, top: int = 40) -> np.ndarr
     n_keep = np.minimum(n_keep, min(top, probs.shape[1]))
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(probs.shape[1])[None, :].repeat(len(probs), 0), axis=1)
-    kept = (rank < n_keep[:, None]) & (probs > PRUNE_FLOOR)
+    kept = rank < n_keep[:, None]
     return np.where(kept, log_probs, PRUNED_LOGP).astype(np.float32)
 
 

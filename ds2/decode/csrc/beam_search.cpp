@@ -5,8 +5,7 @@
 //   - one hypothesis per distinct prefix (its blank- and non-blank-ending probabilities
 //     summed, as CTC defines p_ctc), kept in a prefix tree so a child is made once;
 //   - DS2's pruning: at each frame only the fewest labels whose probabilities reach
-//     prune_p (at most prune_top, none under 1e-4) start new prefixes; blank and repeats
-//     always count;
+//     prune_p (at most prune_top) start new prefixes; blank and repeats always count;
 //   - a beam of beam_width prefixes, minus those more than beam_threshold below the best;
 //   - the LM queried through KenLM's state API once per new word (the state travels with
 //     the prefix), partial words scored against the LM's unigrams (a prefix of no word
@@ -48,7 +47,7 @@ namespace {
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 constexpr double kLn10 = 2.302585092994046;  // KenLM scores are log10
 constexpr int kAvgWordChars = 6;             // a partial non-word longer than this costs more
-constexpr float kCandidateFloor = -9.2103f;  // log 1e-4: with pruning, no label under it starts a prefix
+constexpr float kCandidateFloor = -9.2103f;  // log 1e-4: pruning sorts the labels above it first
 
 inline double log_add(double a, double b) {
   if (a == kNegInf) return b;
@@ -314,8 +313,8 @@ class Search {
   }
 
   // DS2's pruning: the labels (blank aside) among the fewest whose probabilities reach prune_p,
-  // at most prune_top, and none under kCandidateFloor (1e-4: a label that unlikely never
-  // starts a prefix while pruning is on). Only the labels above the floor are sorted.
+  // at most prune_top. The labels above kCandidateFloor are sorted first; all of them only
+  // when those do not reach prune_p.
   void candidates(const float *row) {
     const int n_labels = vocabulary();
     candidates_.clear();
@@ -325,23 +324,26 @@ class Search {
       return;
     }
     candidates_sorted_ = true;
-    order_.resize(n_labels);
-    int above = 0;
-    for (int v = 0; v < n_labels; ++v) {  // no branch: the test is a coin flip on a flat tail
-      order_[above] = v;
-      above += row[v] > kCandidateFloor;
-    }
-    order_.resize(above);
     auto more_likely = [row](int a, int b) { return row[a] > row[b] || (row[a] == row[b] && a < b); };
-    const int top = std::min<int>(options_.prune_top, static_cast<int>(order_.size()));
-    if (top < static_cast<int>(order_.size()))  // the top ones first (linear), then sorted
-      std::nth_element(order_.begin(), order_.begin() + top, order_.end(), more_likely);
-    std::sort(order_.begin(), order_.begin() + top, more_likely);
-    double mass = 0.0;
-    for (int i = 0; i < top; ++i) {
-      if (order_[i] != 0) candidates_.push_back(order_[i]);
-      mass += std::exp(static_cast<double>(row[order_[i]]));
-      if (mass >= options_.prune_p) break;
+    for (int pass = 0; pass < 2; ++pass) {  // pass 1 only when the mass under the floor is needed
+      order_.resize(n_labels);
+      int above = 0;
+      for (int v = 0; v < n_labels; ++v) {  // no branch: the test is a coin flip on a flat tail
+        order_[above] = v;
+        above += pass == 1 || row[v] > kCandidateFloor;
+      }
+      order_.resize(above);
+      const int top = std::min<int>(options_.prune_top, above);
+      if (top < above)  // the top ones first (linear), then sorted
+        std::nth_element(order_.begin(), order_.begin() + top, order_.end(), more_likely);
+      std::sort(order_.begin(), order_.begin() + top, more_likely);
+      double mass = 0.0;
+      int kept = 0;
+      while (kept < top && mass < options_.prune_p) mass += std::exp(static_cast<double>(row[order_[kept++]]));
+      if (pass == 0 && mass < options_.prune_p && kept < options_.prune_top && above < n_labels) continue;
+      for (int i = 0; i < kept; ++i)
+        if (order_[i] != 0) candidates_.push_back(order_[i]);
+      return;
     }
   }
 
