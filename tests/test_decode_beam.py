@@ -187,6 +187,7 @@ def test_words_get_frames_and_confidences():
     (the, cat) = best.words
     assert (the.word, the.start, the.end) == ("the", 3, 9)
     assert (cat.word, cat.start, cat.end) == ("cat", 16, 19)
+    assert cat.seconds(0.02) == (0.32, 0.38)
     assert the.confidence == pytest.approx(0.9, abs=1e-4) and cat.confidence == pytest.approx(0.8, abs=1e-4)
 
 

@@ -85,6 +85,10 @@ class WordTiming:
     end: int  # one past the last frame
     confidence: float  # mean probability of its labels over their frames
 
+    def seconds(self, frame_seconds: float) -> tuple[float, float]:
+        """(start, end) in seconds, for a model whose output frames are ``frame_seconds`` apart."""
+        return round(self.start * frame_seconds, 3), round(self.end * frame_seconds, 3)
+
 
 @dataclass(frozen=True)
 class Hypothesis:
