@@ -529,6 +529,8 @@ def transcribe(
     from ds2.transcribe import transcribe as run
 
     config, chunks = from_cli(TranscribeOptions, options), from_cli(ChunkOptions, options)
+    if options["n_best"] > 1:
+        raise ValueError("--n-best: transcribe writes one text per file; `ds2 decode --n-best` writes N-best lists")
     beam = None
     if lm is not None or options["hotwords"]:
         base = from_cli(BeamSearchOptions, {**options, "alpha": BeamSearchOptions().alpha,

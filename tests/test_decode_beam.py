@@ -275,3 +275,28 @@ def test_bad_input_gets_a_clear_error(lm_files, tmp_path):
         LmDecoder(no_z, BeamSearchOptions(hotwords=("zebra",)))
     with pytest.raises(ValueError, match="outside the model's alphabet"):
         build_beam_decoder(Alphabet([c for c in ALPHABET.symbols if c != "t"]), BeamSearchOptions(str(lm_files.binary)))
+
+
+def test_decode_manifest_writes_the_n_best_with_scores(lm_files, tmp_path):
+    from ds2.data import read_manifest, write_manifest
+    from ds2.decode import decode_manifest, save_log_probs
+
+    rng = np.random.default_rng(7)
+    texts = SENTENCES[:3]
+    save_log_probs({"alphabet": list(ALPHABET.symbols), "errors": {},
+                    "log_probs": {i: torch.from_numpy(noisy_log_probs(t, rng)) for i, t in enumerate(texts)}},
+                   tmp_path / "logprobs.pt")
+    write_manifest(tmp_path / "m.json", [{"audio_filepath": f"{i}.wav", "duration": 1.0, "text": t}
+                                         for i, t in enumerate(texts)])
+    options = BeamSearchOptions(str(lm_files.binary), alpha=0.8, beta=1.0, beam_width=16, n_best=3)
+    decode_manifest(None, tmp_path / "m.json", tmp_path / "out.json", beam=options, logprobs=tmp_path / "logprobs.pt")
+    records = list(read_manifest(tmp_path / "out.json", resolve_paths=False))
+    for record in records:
+        n_best = record["n_best"]
+        assert len(n_best) == 3 and n_best[0]["text"] == record["pred_text"]
+        assert [h["score"] for h in n_best] == sorted((h["score"] for h in n_best), reverse=True)
+        assert all(h["score"] == pytest.approx(h["acoustic"] + h["lm"], abs=1e-3) for h in n_best)
+    assert [r["pred_text"] for r in records] == texts
+    with pytest.raises(ValueError, match="--n-best needs --decoder ds2"):
+        decode_manifest(None, tmp_path / "m.json", tmp_path / "out2.json", logprobs=tmp_path / "logprobs.pt",
+                        beam=replace(options, decoder="pyctcdecode"))

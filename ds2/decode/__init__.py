@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -101,6 +102,8 @@ class BeamSearchOptions:
                                "starts none of its words.", max=0)
     decoder: str = option("ds2", "ds2 (compiled, threads) or pyctcdecode (the reference it is checked "
                           "against; processes, no word times).", choices=("ds2", "pyctcdecode"))
+    n_best: int = option(1, "ds2 decode: also write the N best texts with their scores (field n_best; "
+                         "decoder ds2).", min=1)
 
     def __post_init__(self):
         check(self)
@@ -341,6 +344,24 @@ def decode_cache(cache: dict, beam: BeamSearchOptions | None = None) -> dict[int
     return dict(zip(indices, texts))
 
 
+def n_best_cache(cache: dict, beam: BeamSearchOptions) -> dict[int, list[dict]]:
+    """The ``beam.n_best`` best hypotheses of each cached utterance, best first, as
+    {text, score, acoustic, lm} (natural log; ds2's decoder, on ``beam.jobs`` threads)."""
+    if beam.decoder != "ds2":
+        raise ValueError("--n-best needs --decoder ds2 (pyctcdecode's scores are not DS2's objective)")
+    from concurrent.futures import ThreadPoolExecutor
+
+    decoder = build_beam_decoder(Alphabet(cache["alphabet"]), beam)
+    indices = sorted(cache["log_probs"])
+
+    def one(index):
+        return [dict(text=h.text, score=round(h.score, 4), acoustic=round(h.acoustic, 4), lm=round(h.lm, 4))
+                for h in decoder.n_best_of(cache["log_probs"][index].numpy(), beam.n_best, timing=False)]
+
+    with ThreadPoolExecutor(max_workers=beam.jobs or os.cpu_count() or 1) as pool:
+        return dict(zip(indices, pool.map(one, indices)))
+
+
 def decode_manifest(
     checkpoint: str | Path | None,
     manifest: str | Path,
@@ -360,10 +381,13 @@ def decode_manifest(
     cache = load_log_probs(logprobs) if logprobs else compute_log_probs(checkpoint, manifest, options)
     if save_logprobs:
         save_log_probs(cache, save_logprobs)
-    hypotheses = decode_cache(cache, beam)
+    n_best = n_best_cache(cache, beam) if beam is not None and beam.n_best > 1 else {}
+    hypotheses = {i: found[0]["text"] for i, found in n_best.items()} if n_best else decode_cache(cache, beam)
     records = []
     for index, record in enumerate(read_manifest(manifest)):
         record["pred_text"] = hypotheses.get(index, "")
+        if index in n_best:
+            record["n_best"] = n_best[index]
         if index in cache["errors"]:
             record["error"] = cache["errors"][index]
         records.append(record)
