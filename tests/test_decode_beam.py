@@ -300,3 +300,21 @@ def test_decode_manifest_writes_the_n_best_with_scores(lm_files, tmp_path):
     with pytest.raises(ValueError, match="--n-best needs --decoder ds2"):
         decode_manifest(None, tmp_path / "m.json", tmp_path / "out2.json", logprobs=tmp_path / "logprobs.pt",
                         beam=replace(options, decoder="pyctcdecode"))
+
+
+def test_a_long_search_keeps_only_live_prefixes_and_the_same_result(lm_files):
+    """Past compact_nodes prefixes the tree drops those no beam descends from: memory stays
+    bounded on long input, and the result is the same."""
+    rng = np.random.default_rng(8)
+    log_probs = np.concatenate([noisy_log_probs(t, rng) for t in SENTENCES])
+    decoder = LmDecoder(ALPHABET, BeamSearchOptions(str(lm_files.binary), alpha=0.8, beta=1.0, beam_width=32))
+    whole = decoder.n_best_of(log_probs, 3)
+    full = decoder.stream()
+    full.feed(log_probs)
+    decoder._settings.compact_nodes = 2000
+    small = decoder.stream()
+    for start in range(0, len(log_probs), 50):
+        small.feed(log_probs[start:start + 50])
+        assert small._search.nodes <= 2000 + 32 * 50  # compacted after each frame past the limit
+    assert small.finalize(3) == whole == full.finalize(3)
+    assert full._search.nodes > 3 * 2000

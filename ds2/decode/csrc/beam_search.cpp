@@ -174,6 +174,7 @@ struct Options {
   double beta = 1.0;
   double unk_offset = -10.0;
   double hotword_weight = 10.0;
+  int compact_nodes = 1 << 20;  // past this many prefixes, drop those no beam descends from
 };
 
 struct Word {
@@ -216,6 +217,7 @@ class Search {
     }
     has_hotwords_ = hotwords_.words() > 0;
     slot_.assign(labels_.size(), -1);
+    compact_at_ = static_cast<size_t>(std::max(options_.compact_nodes, 1));
     Node root;
     root.label = space_;  // the start behaves as after a space: leading spaces change nothing
     root.pb = 0.0;
@@ -242,6 +244,7 @@ class Search {
     for (int t = 0; t < n_frames; ++t) {
       step(data + static_cast<size_t>(t) * n_labels);
       ++frames_;
+      if (nodes_.size() > compact_at_) compact();
     }
   }
 
@@ -540,6 +543,35 @@ class Search {
     }
   }
 
+  // Keep only the prefixes the beams descend from (an hour of audio would otherwise grow
+  // the tree by beam_width prefixes a frame). Parents precede children, so one pass in
+  // index order renumbers them; the child lists are rebuilt.
+  void compact() {
+    std::vector<int> remap(nodes_.size(), -1);
+    remap[0] = 0;
+    for (int id : beams_)
+      for (int n = id; n > 0 && remap[n] < 0; n = nodes_[n].parent) remap[n] = 0;  // mark
+    int next = 0;
+    for (size_t n = 0; n < nodes_.size(); ++n)
+      if (remap[n] >= 0) {
+        remap[n] = next;
+        if (static_cast<int>(n) != next) nodes_[next] = nodes_[n];
+        Node &node = nodes_[next];
+        node.parent = n == 0 ? -1 : remap[node.parent];
+        node.first_child = node.next_sibling = -1;
+        ++next;
+      }
+    nodes_.resize(next);
+    for (int n = next - 1; n > 0; --n) {
+      Node &node = nodes_[n];
+      node.next_sibling = nodes_[node.parent].first_child;
+      nodes_[node.parent].first_child = n;
+    }
+    for (int &id : beams_) id = remap[id];
+    // a live tree near the limit would otherwise be compacted at every frame
+    compact_at_ = std::max<size_t>(static_cast<size_t>(options_.compact_nodes), 2 * nodes_.size());
+  }
+
   std::vector<int> path(int id) const {
     std::vector<int> labels;
     for (; id > 0; id = nodes_[id].parent) labels.push_back(nodes_[id].label);
@@ -627,6 +659,7 @@ class Search {
   int frames_ = 0;
   std::vector<float> frames_log_probs_;  // everything fed, for the alignment of the results
   bool keep_frames_ = true;
+  size_t compact_at_ = 0;  // compact() when the tree grows past this
   std::vector<Node> nodes_;
   std::vector<int> slot_;  // label -> child of the prefix being extended (-1: none)
   std::vector<int> beams_, touched_, candidates_, order_;
@@ -681,7 +714,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("alpha", &Options::alpha)
       .def_readwrite("beta", &Options::beta)
       .def_readwrite("unk_offset", &Options::unk_offset)
-      .def_readwrite("hotword_weight", &Options::hotword_weight);
+      .def_readwrite("hotword_weight", &Options::hotword_weight)
+      .def_readwrite("compact_nodes", &Options::compact_nodes);
 
   py::class_<Search>(m, "Search")
       .def(py::init<std::shared_ptr<const LanguageModel>, std::vector<std::string>, Options,
