@@ -318,3 +318,20 @@ def test_a_long_search_keeps_only_live_prefixes_and_the_same_result(lm_files):
         assert small._search.nodes <= 2000 + 32 * 50  # compacted after each frame past the limit
     assert small.finalize(3) == whole == full.finalize(3)
     assert full._search.nodes > 3 * 2000
+
+
+def test_without_a_compiler_decoding_falls_back_to_pyctcdecode_with_a_warning(lm_files, monkeypatch, caplog):
+    pytest.importorskip("pyctcdecode")
+    from ds2.decode import beam
+
+    def cannot_build():
+        raise beam.DecoderBuildError("building ds2's beam search decoder failed: no compiler")
+
+    monkeypatch.setattr(beam, "extension", cannot_build)
+    log_probs = noisy_log_probs("a dog ran", np.random.default_rng(9))
+    texts = beam_decode([log_probs], ALPHABET, BeamSearchOptions(str(lm_files.binary), beam_width=8, jobs=1))
+    assert texts == ["a dog ran"]
+    assert "falling back to pyctcdecode" in caplog.text and "no compiler" in caplog.text
+    monkeypatch.setitem(sys.modules, "pyctcdecode", None)
+    with pytest.raises(beam.DecoderBuildError, match="no compiler"):
+        build_beam_decoder(ALPHABET, BeamSearchOptions(str(lm_files.binary)))

@@ -161,12 +161,29 @@ _BEAM_DECODER = None  # pyctcdecode's, built once in the parent; forked workers 
 
 
 def build_beam_decoder(alphabet: Alphabet, options: BeamSearchOptions):
-    """The decoder ``options.decoder`` names, its LM loaded: ds2's (an LmDecoder) or pyctcdecode's."""
-    if options.decoder == "ds2":
-        from ds2.decode.beam import LmDecoder
+    """The decoder ``options.decoder`` names, its LM loaded: ds2's (an LmDecoder) or pyctcdecode's.
 
-        return LmDecoder(alphabet, options)
+    When ds2's cannot be compiled (no compiler, KenLM's library not built), pyctcdecode's is
+    used with a warning if it is installed; otherwise the build error, which says what to do.
+    """
+    if options.decoder == "ds2":
+        from ds2.decode.beam import DecoderBuildError, LmDecoder
+
+        try:
+            return LmDecoder(alphabet, options)
+        except DecoderBuildError as error:
+            try:
+                import pyctcdecode  # noqa: F401
+            except ImportError:
+                raise error from None
+            log.warning("%s\nfalling back to pyctcdecode (slower, no N-best scores or word times)", error)
     return build_pyctcdecode(alphabet, options)
+
+
+def _is_ours(decoder) -> bool:
+    from ds2.decode.beam import LmDecoder
+
+    return isinstance(decoder, LmDecoder)
 
 
 def build_pyctcdecode(alphabet: Alphabet, options: BeamSearchOptions):
@@ -215,7 +232,7 @@ def beam_decode(log_probs: list[np.ndarray], alphabet: Alphabet, options: BeamSe
     ``decoder``: one build_beam_decoder() made for these options, to reuse over many calls.
     """
     decoder = decoder if decoder is not None else build_beam_decoder(alphabet, options)
-    if options.decoder == "ds2":
+    if _is_ours(decoder):
         return [hypothesis.text for hypothesis in decoder.decode_batch(log_probs, options.jobs)]
     global _BEAM_DECODER
     _BEAM_DECODER = decoder
@@ -268,7 +285,7 @@ def beam_decoder(alphabet: Alphabet, options: BeamSearchOptions):
     """A function (T, V) log-probs -> text that searches with ``options`` in this process;
     the decoder (and its LM) is built once, for many calls."""
     decoder = build_beam_decoder(alphabet, options)
-    if options.decoder == "ds2":
+    if _is_ours(decoder):
         return lambda log_probs: decoder.decode(log_probs, timing=False).text
 
     def decode_one(log_probs: np.ndarray) -> str:
@@ -352,6 +369,8 @@ def n_best_cache(cache: dict, beam: BeamSearchOptions) -> dict[int, list[dict]]:
     from concurrent.futures import ThreadPoolExecutor
 
     decoder = build_beam_decoder(Alphabet(cache["alphabet"]), beam)
+    if not _is_ours(decoder):
+        raise ValueError("--n-best needs ds2's decoder, which could not be built (see the warning above)")
     indices = sorted(cache["log_probs"])
 
     def one(index):
