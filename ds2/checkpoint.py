@@ -44,7 +44,7 @@ def save_checkpoint(path: str | Path, model: DeepSpeech2, training: dict | None 
         "version": VERSION,
         "ds2_version": __version__,
         "model_config": model.config.to_dict(),
-        "features": dict(FEATURES),
+        "features": features_of(model.config.normalize),
         "model": model.state_dict(),
         "training": training,
     }
@@ -62,10 +62,16 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(payload, dict) or "model_config" not in payload or "model" not in payload:
         raise ValueError(f"{path}: not a ds2 checkpoint (no model_config/model)")
     payload = migrate(payload, path)
-    if payload["features"] != FEATURES:
-        changed = sorted(k for k in FEATURES if payload["features"].get(k) != FEATURES[k])
+    expected = features_of(payload["model_config"].get("normalize", "utterance"))
+    if payload["features"] != expected:
+        changed = sorted(k for k in expected if payload["features"].get(k) != expected[k])
         raise ValueError(f"{path}: the model was trained on other input features ({', '.join(changed)} differ)")
     return payload
+
+
+def features_of(normalize: str) -> dict:
+    """FEATURES of a model whose features are normalized per ``normalize`` (ModelConfig)."""
+    return dict(FEATURES, normalize=normalize)
 
 
 def migrate(payload: dict, path: str | Path = "checkpoint") -> dict:

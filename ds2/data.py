@@ -144,9 +144,12 @@ class SpeechDataset(torch.utils.data.Dataset):
         require_labels: bool = True,
         augmenter=None,
         seed: int = 0,
+        featurize=spectrogram,
     ):
         """``require_labels=False`` (decoding) keeps entries whose text is empty or does
-        not fit the alphabet; their labels are empty."""
+        not fit the alphabet; their labels are empty. ``featurize``: waveform -> features,
+        :func:`ds2.features.featurizer` of the model (per-utterance normalization by default)."""
+        self.featurize = featurize
         self.manifest = Path(manifest)
         self.alphabet = alphabet
         self.augmenter = augmenter
@@ -197,9 +200,9 @@ class SpeechDataset(torch.utils.data.Dataset):
             rng = self.augmenter.generator(self.seed, epoch, index)
             batch_rng = None if first is None else self.augmenter.batch_generator(self.seed, epoch, first)
             waveform, notes = self.augmenter.waveform(waveform, rng, batch_rng)
-            features = self.augmenter.features(spectrogram(waveform), rng)
+            features = self.augmenter.features(self.featurize(waveform), rng)
         else:
-            features = spectrogram(waveform)
+            features = self.featurize(waveform)
         return Example(features, torch.tensor(record["labels"], dtype=torch.long), index, tuple(notes))
 
 

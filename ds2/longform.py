@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ds2 import audio
 from ds2.config import DEVICE_HELP, DEVICE_PATTERN, check, option
-from ds2.features import spectrogram
+from ds2.features import featurizer
 from ds2.model import DeepSpeech2
 
 log = logging.getLogger("ds2.longform")
@@ -90,6 +90,7 @@ class _Job:
         self.pending = 0  # pieces read but not yet through the model
         self.read_all = False
         stride = model.config.time_stride
+        self.config = model.config
         try:
             total, _, _ = audio.audio_info(recording.path)
             available = total - recording.offset
@@ -126,7 +127,7 @@ class _Job:
             if last:  # to the end of the recording, so the final frames are the same as whole
                 duration = self.seconds - first_frame * audio.HOP_LENGTH / audio.SAMPLE_RATE
             waveform = audio.load_audio(self.recording.path, offset=offset, duration=duration)
-            features = spectrogram(waveform)
+            features = featurizer(self.config)(waveform)
             keep_from = chunk_start // self.stride
             keep_to = self.n_output if last else min(self.n_output, (chunk_start + self.chunk) // self.stride)
             if len(starts) == 1:

@@ -77,6 +77,15 @@ class ModelConfig:
     batch_norm: bool = option(True, "Sequence-wise BatchNorm on conv and input-to-hidden products (DS2).")
     lookahead: int = option(0, "Row convolution future steps tau (forward-only models).", min=0)
     fc_hidden: int = option(256, "Units of the fully connected layer.", min=1)
+    normalize: str = option("utterance", "Feature normalization: utterance (DS2's, whole utterance) or online "
+                            "(causal: training-set statistics updated by each stream's frames; for streaming).",
+                            choices=("utterance", "online"))
+    norm_prior: float = option(3.0, "Online normalization: seconds of audio the training-set statistics weigh "
+                               "against a stream's own frames.", above=0)
+    feature_mean: list = option(help="Training-set feature mean per bin (online normalization).",
+                                default_factory=list, cli=False)
+    feature_var: list = option(help="Training-set feature variance per bin (online normalization).",
+                               default_factory=list, cli=False)
     alphabet: list = option(help="Symbols 1..N (index 0 is the blank).", default_factory=list, cli=False)
 
     def __post_init__(self):
@@ -89,6 +98,16 @@ class ModelConfig:
                 raise ConfigError(f"{flag_name(name)}: {self.conv_layers} conv layers need {self.conv_layers} values")
         if self.lookahead and self.bidirectional:
             raise ConfigError("--lookahead (row convolution) is for forward-only models: add --no-bidirectional")
+        for name in ("feature_mean", "feature_var"):
+            values = getattr(self, name)
+            if values and len(values) != self.n_freq:
+                raise ConfigError(f"{name}: {len(values)} values for {self.n_freq} frequency bins")
+            setattr(self, name, [float(v) for v in values])
+
+    @property
+    def streamable(self) -> bool:
+        """Whether the model can run on a stream chunk by chunk (ds2.streaming)."""
+        return not self.bidirectional and self.normalize == "online"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -70,7 +70,8 @@ from ds2 import __version__, audio, ctc, distributed
 from ds2.augment import AugmentOptions, Augmenter
 from ds2.checkpoint import load_checkpoint, save_checkpoint
 from ds2.config import DEVICE_HELP, DEVICE_PATTERN, check, option
-from ds2.data import Batch, BatchCost, Bucketing, SortaGradSampler, SpeechDataset, make_batches, make_loader
+from ds2.data import Batch, BatchCost, Bucketing, SortaGradSampler, SpeechDataset, make_batches, make_loader, read_manifest
+from ds2.features import feature_statistics, featurizer
 from ds2.decode import greedy_decode
 from ds2.distributed import SINGLE, Ranks
 from ds2.io import CsvLog, atomic_write, compact_heap, pyplot, read_csv, save_figure
@@ -624,6 +625,29 @@ def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
             torch.set_num_threads(threads)
 
 
+FEATURE_STATISTICS_UTTERANCES = 300
+
+
+def _set_feature_statistics(model_config: ModelConfig, manifest: str | Path, seed: int) -> None:
+    """Online normalization's prior: the raw feature mean and variance of up to
+    FEATURE_STATISTICS_UTTERANCES training utterances (a seeded sample; unreadable ones skipped)."""
+    records = list(read_manifest(manifest))
+    sample = random.Random(seed).sample(records, min(len(records), FEATURE_STATISTICS_UTTERANCES))
+
+    def waveforms():
+        for record in sample:
+            try:
+                yield audio.load_audio(record["audio_filepath"], offset=record.get("offset", 0.0),
+                                       duration=record["duration"] if "offset" in record else None)
+            except audio.AudioError as err:
+                log.warning("feature statistics: skipped %s", err)
+
+    mean, var, frames = feature_statistics(waveforms())
+    model_config.feature_mean, model_config.feature_var = mean, var
+    log.info("online normalization: training-set feature statistics from %d utterances (%.1f min)",
+             len(sample), frames / audio.FRAMES_PER_SECOND / 60)
+
+
 def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device: torch.device) -> TrainState:
     out_dir = Path(config.out_dir)
     if ranks.is_main:
@@ -657,10 +681,13 @@ def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
 
+    if model_config.normalize == "online" and not model_config.feature_mean:
+        _set_feature_statistics(model_config, config.train_manifest, config.seed)
+    featurize = featurizer(model_config)
     augmenter = Augmenter(config.augment) if config.augment.active else None
     train_set = SpeechDataset(config.train_manifest, alphabet, config.max_duration, augmenter=augmenter,
-                              seed=config.seed)
-    dev_set = SpeechDataset(config.dev_manifest, alphabet)
+                              seed=config.seed, featurize=featurize)
+    dev_set = SpeechDataset(config.dev_manifest, alphabet, featurize=featurize)
     if ranks.is_main:
         for message in train_set.skipped + dev_set.skipped:
             log.warning("skipped: %s", message)

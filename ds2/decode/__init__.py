@@ -30,6 +30,7 @@ from tqdm import tqdm
 from ds2.checkpoint import load_model
 from ds2.config import DEVICE_HELP, DEVICE_PATTERN, check, option, parse_strs, show_strs
 from ds2.data import SpeechDataset, make_batches, make_loader, read_manifest, write_manifest
+from ds2.features import featurizer
 from ds2.io import atomic_write, load_torch_file, process_map, select_device
 from ds2.text import BLANK, Alphabet
 
@@ -321,7 +322,7 @@ def compute_log_probs(checkpoint: str | Path, manifest: str | Path, options: Dec
     "errors": {index: message}}; indices are positions in the manifest's records.
     """
     model, alphabet = load_model(checkpoint)
-    dataset = SpeechDataset(manifest, alphabet, require_labels=False)
+    dataset = SpeechDataset(manifest, alphabet, require_labels=False, featurize=featurizer(model.config))
     log_probs: dict[int, torch.Tensor] = {}
     errors: dict[int, str] = {}
     for indices, logits, lengths, failures in run_model(model, dataset, options):

@@ -32,9 +32,10 @@ threads=0 # torch CPU threads (0: all cores)
 exp=exp
 engines=espeak # synthesizers of the corpus (ds2 prepare synth --engines)
 data=data # corpus folder (relative to recipes/tiny, or absolute)
-augment="" # extra `ds2 train` options, e.g. "--noise N.json --rir R.json" (paths relative to recipes/tiny)
+train_opts="" # extra `ds2 train` options (--augment or --train-opts), e.g. "--noise N.json --rir R.json" (paths
+           # relative to recipes/tiny) or "--no-bidirectional --normalize online --lookahead 3" (recipes/streaming)
 
-usage="Usage: $0 [--stage N] [--stop-stage N] [--n-train $n_train] [--n-dev $n_dev] [--n-test $n_test] [--seed $seed] [--epochs $epochs] [--threads $threads] [--exp $exp] [--data $data] [--engines $engines] [--augment \"DS2 TRAIN OPTIONS\"]"
+usage="Usage: $0 [--stage N] [--stop-stage N] [--n-train $n_train] [--n-dev $n_dev] [--n-test $n_test] [--seed $seed] [--epochs $epochs] [--threads $threads] [--exp $exp] [--data $data] [--engines $engines] [--train-opts \"DS2 TRAIN OPTIONS\"]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --stage) stage=$2; shift 2 ;;
@@ -48,7 +49,7 @@ while [ $# -gt 0 ]; do
     --exp) exp=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
     --engines) engines=$2; shift 2 ;;
-    --augment) augment=$2; shift 2 ;;
+    --augment|--train-opts) train_opts=$2; shift 2 ;;
     -h|--help) echo "$usage"; exit 0 ;;
     *) echo "unknown option $1"; echo "$usage"; exit 1 ;;
   esac
@@ -81,7 +82,7 @@ if run_stage 3; then
     --epochs $epochs --batch-size 16 --optimizer adam --lr 2e-3 --anneal 2 --grad-clip 400 \
     --conv-layers 2 --conv-channels 32,16 --conv-kernels 41x11,21x11 --conv-strides 2x3,2x1 \
     --rnn-type gru --rnn-layers 2 --rnn-hidden 256 --fc-hidden 256 \
-    --threads $threads --seed $seed --checkpoint-every 100 $augment $( [ -f $exp/last.pt ] && echo --resume )
+    --threads $threads --seed $seed --checkpoint-every 100 $train_opts $( [ -f $exp/last.pt ] && echo --resume )
   touch "$(done_marker 3)"
 fi
 
