@@ -133,6 +133,7 @@ from ds2.augment import AugmentOptions  # noqa: E402
 from ds2.decode import BeamSearchOptions, DecodingOptions  # noqa: E402
 from ds2.longform import ChunkOptions  # noqa: E402
 from ds2.segment import FilterOptions, SegmentOptions  # noqa: E402
+from ds2.serve import ServeOptions  # noqa: E402
 from ds2.model import ModelConfig  # noqa: E402
 from ds2.noise import NoiseOptions, RirOptions  # noqa: E402
 from ds2.synth import SynthConfig  # noqa: E402
@@ -560,6 +561,43 @@ def transcribe(
     if failed:
         typer.echo(f"error: {failed} of {len(files)} files could not be transcribed", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+@_friendly_errors
+@_with_options(ServeOptions, BeamSearchOptions, exclude=("n_best", "decoder"), optional=("alpha", "beta"))
+def serve(
+    checkpoint: Annotated[Path, typer.Argument(help="A streamable model (ds2 train --no-bidirectional --normalize "
+                                                    "online).")],
+    lm: Annotated[Optional[Path], typer.Option(help="KenLM model: LM beam-search partials and finals (alpha/beta "
+                                               "from decoding.json beside the checkpoint when tuned).")] = None,
+    **options,
+):
+    """Serve the model over HTTP and WebSocket: a live-transcription page at /, POST
+    /v1/transcribe (a file -> JSON), WS /v1/stream (16-bit PCM in, partial and final results
+    out), /health and /metrics. Chunks of all streams are batched for the model (Batch
+    Dispatch). Binds to 127.0.0.1 unless --host says otherwise."""
+    from ds2.config import from_cli
+    from ds2.serve import serve as run
+
+    config = from_cli(ServeOptions, options)
+    beam = _stream_beam(checkpoint, lm, options)
+    _setup_logging()
+    run(str(checkpoint), config, beam)
+
+
+def _stream_beam(checkpoint: Path, lm: Optional[Path], options: dict):
+    """The beam-search options of serve and transcribe --stream (None: greedy)."""
+    from ds2.config import from_cli
+    from ds2.decode import beam_options
+
+    if lm is None and not options.get("hotwords"):
+        return None
+    defaults = BeamSearchOptions()
+    base = from_cli(BeamSearchOptions, {**options, "alpha": defaults.alpha, "beta": defaults.beta, "n_best": 1,
+                                        "decoder": "ds2"}, lm=str(lm or ""))
+    beam, _ = beam_options(base, checkpoint, options["alpha"], options["beta"])
+    return beam
 
 
 @app.command()

@@ -7,6 +7,8 @@ hop defined here fix the frame rate: FRAMES_PER_SECOND spectrogram frames per se
 
 from __future__ import annotations
 
+import io
+
 import math
 from pathlib import Path
 
@@ -78,6 +80,24 @@ def load_audio(
         raise AudioError(f"{path}: audio contains NaN or infinite samples")
     waveform = torch.from_numpy(samples.mean(axis=1))  # downmix: (n_samples,)
     return resample(waveform, native_rate)
+
+
+def decode_audio_bytes(data: bytes, what: str = "audio") -> torch.Tensor:
+    """An audio file held in memory (any format libsndfile reads) as a mono 16 kHz float32
+    waveform; AudioError naming ``what`` for empty, undecodable or non-finite audio."""
+    if not data:
+        raise AudioError(f"{what}: empty (0 bytes)")
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as handle:
+            native_rate = handle.samplerate
+            samples = handle.read(-1, dtype="float32", always_2d=True)
+    except Exception as err:
+        raise AudioError(f"{what}: cannot decode audio ({_reason(err)})") from None
+    if samples.shape[0] == 0:
+        raise AudioError(f"{what}: no audio samples")
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{what}: audio contains NaN or infinite samples")
+    return resample(torch.from_numpy(samples.mean(axis=1)), native_rate)
 
 
 def resample(waveform: torch.Tensor, rate: int, target_rate: int = SAMPLE_RATE) -> torch.Tensor:

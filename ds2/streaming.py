@@ -273,3 +273,139 @@ class StreamingModel:
 def _as_chw(item: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A stage's new frames as (C, F, t) like the layer's buffer."""
     return item.reshape(like.shape[0], like.shape[1], -1).to(like.dtype)
+
+
+# --------------------------------------------------------------------------- decoding a stream
+
+
+@dataclass(frozen=True)
+class EndpointOptions:
+    """When a stream's segment (an utterance within it) is over and gets its final result."""
+
+    silence_ms: float = 700.0  # this much trailing blank after some speech ends a segment
+    max_segment_s: float = 30.0  # a segment this long is ended wherever it is
+    blank_threshold: float = 0.9  # a step counts as silence when P(blank) is at least this
+
+
+class StreamDecoder:
+    """A stream's log-probs -> partial and final results, segment by segment.
+
+    Greedy partials at every chunk (the best path, collapsed); with an ``lm_decoder``
+    (:class:`ds2.decode.beam.LmDecoder`) the partials and finals come from its incremental
+    search instead. Endpointing: when a segment holds some speech and then ``silence_ms`` of
+    steps whose blank probability is at least ``blank_threshold``, it is finished (a final
+    result, words timed) and a new segment starts; the acoustic model's state carries on.
+
+    Results are dicts: ``{"type": "partial" | "final", "text", "start", "end", "words"}``,
+    times in seconds from the start of the stream; ``words`` (finals only): ``{"word",
+    "start", "end", "confidence"}``.
+    """
+
+    def __init__(self, alphabet, frame_seconds: float, lm_decoder=None, endpoint: EndpointOptions = EndpointOptions()):
+        self.alphabet = alphabet
+        self.frame_seconds = frame_seconds
+        self.lm_decoder = lm_decoder
+        self.endpoint = endpoint
+        self.silence_steps = max(1, round(endpoint.silence_ms / 1000 / frame_seconds))
+        self.max_steps = max(1, round(endpoint.max_segment_s / frame_seconds))
+        self.log_blank_threshold = float(torch.log(torch.tensor(endpoint.blank_threshold)))
+        self.step = 0  # steps of the stream seen
+        self.finals: list[dict] = []
+        self._new_segment()
+
+    def _new_segment(self) -> None:
+        self.segment_start = self.step
+        self.segment: list[torch.Tensor] = []  # the segment's log-probs, chunk by chunk
+        self.labels: list[int] = []  # greedy path, collapsed, blanks dropped
+        self.last_label = 0
+        self.trailing_silence = 0
+        self.search = self.lm_decoder.stream() if self.lm_decoder is not None else None
+
+    @property
+    def segment_steps(self) -> int:
+        return self.step - self.segment_start
+
+    def push(self, log_probs: torch.Tensor) -> list[dict]:
+        """New steps, shape = (t, V): finals of the segments they end, then a partial."""
+        results = []
+        while len(log_probs):
+            # the steps up to this segment's end (when one ends within them)
+            take, ended = self._scan(log_probs)
+            self._add(log_probs[:take])
+            log_probs = log_probs[take:]
+            if ended:
+                final = self._final()
+                if final is not None:
+                    results.append(final)
+                self._new_segment()
+        results.append(self._partial())
+        return results
+
+    def finish(self) -> list[dict]:
+        """The end of the stream: the last segment's final (if it holds any speech)."""
+        final = self._final()
+        self._new_segment()
+        return [final] if final is not None else []
+
+    def _scan(self, log_probs: torch.Tensor) -> tuple[int, bool]:
+        silent = (log_probs[:, 0] >= self.log_blank_threshold).tolist()
+        speech, trailing = bool(self.labels), self.trailing_silence
+        for i, quiet in enumerate(silent):
+            if quiet:
+                trailing += 1
+            else:
+                trailing, speech = 0, True
+            if (speech and trailing >= self.silence_steps) or self.segment_steps + i + 1 >= self.max_steps:
+                return i + 1, True
+        return len(log_probs), False
+
+    def _add(self, log_probs: torch.Tensor) -> None:
+        if not len(log_probs):
+            return
+        self.segment.append(log_probs)
+        best = log_probs.argmax(-1).tolist()
+        for label in best:
+            if label != self.last_label and label != 0:
+                self.labels.append(label)
+            self.last_label = label
+        blank = (log_probs[:, 0] >= self.log_blank_threshold).tolist()
+        for quiet in blank:
+            self.trailing_silence = self.trailing_silence + 1 if quiet else 0
+        if self.search is not None:
+            self.search.feed(log_probs.numpy())
+        self.step += len(log_probs)
+
+    def _times(self) -> tuple[float, float]:
+        return round(self.segment_start * self.frame_seconds, 3), round(self.step * self.frame_seconds, 3)
+
+    def _partial(self) -> dict:
+        if self.search is not None and self.search.frames:
+            text = self.search.partial().text
+        else:
+            text = self.alphabet.decode(self.labels)
+        start, end = self._times()
+        return {"type": "partial", "text": " ".join(text.split()), "start": start, "end": end}
+
+    def _final(self) -> dict | None:
+        if not self.segment:
+            return None
+        start, end = self._times()
+        offset = self.segment_start * self.frame_seconds
+        if self.search is not None:
+            best = self.search.finalize(timing=True)[0]
+            text = " ".join(best.text.split())
+            words = [{"word": w.word, "start": round(offset + w.start * self.frame_seconds, 3),
+                      "end": round(offset + w.end * self.frame_seconds, 3), "confidence": round(w.confidence, 4)}
+                     for w in best.words]
+        else:
+            from ds2.transcribe import timed_words
+
+            text = " ".join(self.alphabet.decode(self.labels).split())
+            words = [{"word": w.text, "start": None if w.start is None else round(offset + w.start, 3),
+                      "end": None if w.end is None else round(offset + w.end, 3), "confidence": w.confidence}
+                     for w in timed_words(torch.cat(self.segment), text, self.alphabet, self.frame_seconds)]
+        if not text:
+            return None
+        final = {"type": "final", "text": text, "start": start, "end": end, "words": words}
+        self.finals.append(final)
+        return final

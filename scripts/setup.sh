@@ -2,7 +2,8 @@
 # Set up ds2 in ./.venv: a virtual environment with ds2 (editable) and its dependencies.
 # Safe to re-run: it reinstalls only when setup.cfg or this script changed.
 #   bash scripts/setup.sh            # runtime dependencies
-#   bash scripts/setup.sh --test     # plus pytest and NIST sclite (Debian package sctk)
+#   bash scripts/setup.sh --test     # plus pytest, playwright and Debian's sctk (NIST sclite), flite,
+#                                    # festival and chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +46,8 @@ if [ $want_test = 1 ]; then
   command -v flite >/dev/null || debian_packages="$debian_packages flite"
   [ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] && [ -d /usr/share/festival/voices/english/kal_diphone ] \
     || debian_packages="$debian_packages festival festvox-us-slt-hts festvox-kallpc16k"
+  # the browser test of `ds2 serve`'s page (playwright drives Debian's chromium)
+  command -v chromium >/dev/null || debian_packages="$debian_packages chromium"
 fi
 if [ -n "$debian_packages" ]; then
   sudo=""
