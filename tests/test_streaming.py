@@ -119,3 +119,88 @@ def test_models_that_need_the_whole_recording_are_refused(speech):
     stream.forward_chunk(speech[1], state, final=True)
     with pytest.raises(ValueError, match="already ended"):
         stream.forward_chunk(speech[1], state)
+
+
+# --------------------------------------------------------------------------- StreamDecoder
+
+def spelled(text: str, alphabet, letter_frames=2, gap_frames=1, p=0.95) -> torch.Tensor:
+    """(T, V) log-probs that spell ``text``: each character for letter_frames, a blank between."""
+    V = len(alphabet)
+    rows = []
+
+    def frame(index):
+        row = torch.full((V,), (1 - p) / (V - 1))
+        row[index] = p
+        rows.append(row)
+
+    for char in text:
+        for _ in range(letter_frames):
+            frame(alphabet.encode(char)[0])
+        for _ in range(gap_frames):
+            frame(0)
+    return torch.log(torch.stack(rows))
+
+
+def silence(steps: int, alphabet, p=0.97) -> torch.Tensor:
+    row = torch.cat([torch.tensor([p]), torch.full((len(alphabet) - 1,), (1 - p) / (len(alphabet) - 1))])
+    return torch.log(row).repeat(steps, 1)
+
+
+def test_endpointing_ends_segments_on_silence_with_timed_words():
+    from ds2.streaming import EndpointOptions, StreamDecoder
+    from ds2.text import Alphabet
+
+    alphabet = Alphabet()
+    frame = 0.03
+    first, second = spelled("the cat sat", alphabet), spelled("a dog ran", alphabet)
+    log_probs = torch.cat([silence(10, alphabet), first, silence(40, alphabet), second, silence(5, alphabet)])
+    decoder = StreamDecoder(alphabet, frame, endpoint=EndpointOptions(silence_ms=600))
+    results = []
+    for start in range(0, len(log_probs), 7):
+        results += decoder.push(log_probs[start : start + 7])
+    results += decoder.finish()
+    finals = [r for r in results if r["type"] == "final"]
+    assert [f["text"] for f in finals] == ["the cat sat", "a dog ran"]
+    end_of_first = 10 + len(first) - 1  # spelled() ends with a blank
+    # the first segment ends once 600 ms (20 steps) of silence follow its speech
+    assert finals[0]["start"] == 0.0 and finals[0]["end"] == pytest.approx((end_of_first + 20) * frame)
+    assert finals[1]["start"] == finals[0]["end"] and finals[1]["end"] == pytest.approx(len(log_probs) * frame)
+    cat = finals[0]["words"][1]
+    assert cat["word"] == "cat" and cat["start"] == pytest.approx((10 + 4 * 3) * frame, abs=frame)
+    assert finals[1]["words"][0]["start"] > finals[0]["end"]
+    partials = [r["text"] for r in results if r["type"] == "partial"]
+    assert "the ca" in partials and partials[-1] == "a dog ran"  # the text grows chunk by chunk
+    # a segment never grows past max_segment_s
+    decoder = StreamDecoder(alphabet, frame, endpoint=EndpointOptions(silence_ms=5000, max_segment_s=0.9))
+    finals = [r for r in decoder.push(torch.cat([first, first])) + decoder.finish() if r["type"] == "final"]
+    assert len(finals) >= 2 and all(f["end"] - f["start"] <= 0.9 + 1e-6 for f in finals)
+
+
+def test_lm_partials_and_finals_come_from_the_incremental_search(tmp_path):
+    import numpy as np
+
+    from ds2 import lm
+    from ds2.decode import BeamSearchOptions
+    from ds2.decode.beam import LmDecoder
+    from ds2.streaming import EndpointOptions, StreamDecoder
+    from ds2.text import Alphabet
+    from test_decode_beam import SENTENCES, noisy_log_probs
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(SENTENCES * 5) + "\n", encoding="utf-8")
+    files = lm.build_lm([text], tmp_path / "lm", order=3)
+    alphabet = Alphabet()
+    lm_decoder = LmDecoder(alphabet, BeamSearchOptions(str(files.binary), alpha=0.8, beta=1.0, beam_width=24))
+    log_probs = torch.from_numpy(noisy_log_probs("the baker sells fresh bread", np.random.default_rng(4)))
+    decoder = StreamDecoder(alphabet, 0.03, lm_decoder, EndpointOptions(silence_ms=10_000))
+    results = []
+    for start in range(0, len(log_probs), 5):
+        results += decoder.push(log_probs[start : start + 5])
+    results += decoder.finish()
+    expected = lm_decoder.decode(log_probs.numpy())
+    final = results[-1]
+    assert final["type"] == "final" and final["text"] == expected.text
+    assert [w["word"] for w in final["words"]] == expected.text.split()
+    assert final["words"][0]["start"] == pytest.approx(expected.words[0].start * 0.03)
+    partials = [r["text"] for r in results if r["type"] == "partial"]
+    assert partials[0] != partials[-1] and partials[-1].startswith("the baker")
