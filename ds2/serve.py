@@ -471,7 +471,8 @@ async def _serve_stream(websocket, engine: Engine, reader: PcmReader, fail, disc
                 message = await asyncio.wait_for(websocket.receive(), options.idle_timeout_s)
             except asyncio.TimeoutError:
                 for result in await session.push(torch.zeros(0), final=True):
-                    await websocket.send_json(result)
+                    if result["type"] == "final":
+                        await websocket.send_json(result)
                 await fail("idle", f"nothing received for {options.idle_timeout_s:g} s; the stream is closed", 1000)
                 return
             if message["type"] == "websocket.disconnect":
@@ -508,7 +509,8 @@ async def _serve_stream(websocket, engine: Engine, reader: PcmReader, fail, disc
                            1003)
                 return
             for result in await session.push(torch.zeros(0), final=True):
-                await websocket.send_json(result)
+                if result["type"] == "final":  # the lookahead's last steps: in the final, no partial
+                    await websocket.send_json(result)
             await websocket.send_json({"type": "end", "seconds": round(session.seconds, 3)})
             engine.metrics.requests.labels("stream", "ok").inc()
             await websocket.close(1000)
@@ -517,13 +519,40 @@ async def _serve_stream(websocket, engine: Engine, reader: PcmReader, fail, disc
         return
 
 
+def _uvicorn_config(engine: Engine, host: str, port: int):
+    import uvicorn
+
+    return uvicorn.Config(create_app(engine), host=host, port=port, log_level="warning", ws="websockets-sansio",
+                          ws_max_size=16 * engine.options.max_message_kb * 1024)  # up to 16x: our error message
+
+
 def serve(checkpoint: str, options: ServeOptions = ServeOptions(), beam=None) -> None:
     """Run the server until interrupted."""
     import uvicorn
 
     engine = Engine(checkpoint, options, beam)
-    app = create_app(engine)
     log.info("serving %s on http://%s:%d (lookahead %.0f ms; Batch Dispatch %s)", checkpoint, options.host,
              options.port, engine.streaming.lookahead_ms, "on" if options.batch_dispatch else "off")
-    uvicorn.run(app, host=options.host, port=options.port, log_level="warning", ws="websockets-sansio",
-                ws_max_size=16 * options.max_message_kb * 1024)  # beyond our own limit: an error message
+    uvicorn.Server(_uvicorn_config(engine, options.host, options.port)).run()
+
+
+@contextlib.contextmanager
+def running(engine: Engine, host: str = "127.0.0.1", port: int = 0):
+    """The server of ``engine`` in a background thread (``port=0``: a free one); yields its
+    base URL, e.g. ``http://127.0.0.1:41234``, and stops it on exit."""
+    import uvicorn
+
+    server = uvicorn.Server(_uvicorn_config(engine, host, port))
+    thread = threading.Thread(target=server.run, name="ds2-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()
+    try:
+        yield f"http://{bound[0]}:{bound[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
