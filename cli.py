@@ -12,6 +12,7 @@ import functools
 import inspect
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -541,7 +542,14 @@ def transcribe(
     if per_file and output is None:
         raise ValueError(f"{len(files)} files as {config.format}: give --output FOLDER (one file each)")
     failed, collected = 0, []
-    for transcript in run(checkpoint, files, chunks, beam, config):
+    if config.stream:
+        from ds2.transcribe import transcribe_stream
+
+        show = _show_partial if sys.stderr.isatty() else None
+        transcripts = transcribe_stream(checkpoint, files, beam, config, on_partial=show)
+    else:
+        transcripts = run(checkpoint, files, chunks, beam, config)
+    for transcript in transcripts:
         if transcript.error:
             failed += 1
             typer.echo(f"error: {transcript.error}", err=True)
@@ -598,6 +606,15 @@ def _stream_beam(checkpoint: Path, lm: Optional[Path], options: dict):
                                         "decoder": "ds2"}, lm=str(lm or ""))
     beam, _ = beam_options(base, checkpoint, options["alpha"], options["beta"])
     return beam
+
+
+def _show_partial(path: str, result: dict) -> None:
+    """transcribe --stream on a terminal: the partial result rewritten in place, finals kept."""
+    if result["type"] == "partial":
+        sys.stderr.write("\r\033[K" + result["text"][-(shutil.get_terminal_size().columns - 1):])
+    else:
+        sys.stderr.write(f"\r\033[K[{result['start']:.2f}-{result['end']:.2f}] {result['text']}\n")
+    sys.stderr.flush()
 
 
 @app.command()

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ds2 import audio
 from ds2.alignment import AlignmentError, align
 from ds2.checkpoint import load_model
 from ds2.config import check, option
@@ -47,6 +49,11 @@ class TranscribeOptions:
                                    "search costs more than linearly in a piece's length).", above=1)
     pause_seconds: float = option(0.4, "A pause (blank frames) at least this long ends a word: the pieces are "
                                   "decoded apart (0: cut only to keep pieces short).", min=0)
+    stream: bool = option(False, "Read each file as a live stream through ds2 serve's code path (a forward-only "
+                          "model; Batch Dispatch, endpointing); partial results on stderr.")
+    stream_chunk_ms: float = option(100.0, "--stream: milliseconds of audio per chunk.", above=0)
+    realtime: bool = option(True, "--stream: send the chunks at real-time pace (--no-realtime: as fast as the "
+                            "model goes).")
 
     def __post_init__(self):
         check(self)
@@ -170,3 +177,45 @@ def render(transcript: Transcript, options: TranscribeOptions) -> str:
     if options.format == "ctm":
         return as_ctm(transcript)
     return as_srt(transcript, options) if options.format == "srt" else as_vtt(transcript, options)
+
+
+def transcribe_stream(checkpoint: str | Path, paths: list[str | Path], beam: BeamSearchOptions | None = None,
+                      options: TranscribeOptions = TranscribeOptions(), on_partial=None, serve_options=None
+                      ) -> Iterator[Transcript]:
+    """Transcripts of files read as live streams: each file is cut into ``stream_chunk_ms``
+    chunks, sent at real-time pace (``realtime``), through the engine of ``ds2 serve``
+    (:class:`ds2.serve.Engine`: Batch Dispatch, per-stream state, endpointing). Its text is
+    the stream's finals joined; ``on_partial(path, result)`` sees every partial and final.
+    """
+    import asyncio
+
+    from ds2.serve import Engine, ServeOptions
+
+    engine = Engine(str(checkpoint), serve_options or ServeOptions(), beam)
+    step = max(1, int(options.stream_chunk_ms * audio.SAMPLE_RATE / 1000))
+
+    async def one(path) -> Transcript:
+        try:
+            waveform = audio.load_audio(path)
+        except audio.AudioError as err:
+            return Transcript(str(path), None, error=str(err))
+        session, finals = engine.session(), []
+        start = time.perf_counter()
+        for at in range(0, len(waveform), step):
+            end = at + step
+            if options.realtime:  # the chunk exists only once its last sample was spoken
+                await asyncio.sleep(max(0.0, start + min(end, len(waveform)) / audio.SAMPLE_RATE - time.perf_counter()))
+            for result in await session.push(waveform[at:end], final=end >= len(waveform)):
+                if result["type"] == "final":
+                    finals.append(result)
+                if on_partial is not None:
+                    on_partial(str(path), result)
+        words = [Word(w["word"], w["start"], w["end"], w["confidence"]) for f in finals for w in f["words"]]
+        return Transcript(str(path), " ".join(f["text"] for f in finals), round(len(waveform) / audio.SAMPLE_RATE, 3),
+                          words)
+
+    try:
+        for path in paths:
+            yield asyncio.run(one(path))
+    finally:
+        engine.close()

@@ -224,3 +224,28 @@ def test_health_metrics_and_the_page(server):
         page = response.read().decode()
     assert "ds2 live transcription" in page and "/v1/stream" in page
     assert ServeOptions().host == "127.0.0.1"
+
+
+def test_transcribe_stream_reads_files_in_real_time_through_the_same_path(checkpoint, speech, tmp_path):
+    import time
+
+    from typer.testing import CliRunner
+
+    from ds2.cli import app
+
+    paths = []
+    for i in (0, 2):
+        paths.append(tmp_path / f"s{i}.wav")
+        soundfile.write(paths[-1], speech[i].numpy(), 16000, subtype="PCM_16")
+    runner = CliRunner()
+    start = time.perf_counter()
+    result = runner.invoke(app, ["transcribe", str(checkpoint[0]), *map(str, paths), "--stream", "--format", "json"])
+    elapsed = time.perf_counter() - start
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    for line, path in zip(lines, paths):
+        assert line["text"] == offline_text(checkpoint, audio.load_audio(path))
+    # real-time pace: the last chunk of a file is sent no sooner than it would have been spoken
+    assert elapsed >= sum(len(speech[i]) for i in (0, 2)) / 16000
+    fast = runner.invoke(app, ["transcribe", str(checkpoint[0]), str(paths[0]), "--stream", "--no-realtime"])
+    assert fast.exit_code == 0 and fast.stdout.strip() == lines[0]["text"]
