@@ -225,6 +225,14 @@ class StreamingModel:
     def _recurrent(self, rnn, layer: int, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor,
                    states: list[StreamState]) -> torch.Tensor:
         """One forward-only layer over the padded batch from each stream's hidden state."""
+        if getattr(rnn, "quantized", None) is not None:  # ds2.quantize: int8 GRU on packed sequences
+            from ds2.quantize import run_quantized_layer
+
+            hidden0 = torch.stack([state.hidden[layer] for state in states])[None]
+            out, last = run_quantized_layer(rnn, torch.where(mask[..., None], x, 0), lengths, hidden0)
+            for b, state in enumerate(states):
+                state.hidden[layer] = last[b].clone()
+            return torch.where(mask[..., None], out, 0)
         padded = nn.functional.pad(x, (0, rnn.padding_input.shape[0] - rnn.input_size))
         inputs = torch.where(mask[..., None], padded, rnn.padding_input.to(x.dtype))
         weights = rnn.kernel_weights(inputs[..., : rnn.input_size], lengths.to(self.device))

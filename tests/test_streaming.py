@@ -204,3 +204,27 @@ def test_lm_partials_and_finals_come_from_the_incremental_search(tmp_path):
     assert final["words"][0]["start"] == pytest.approx(expected.words[0].start * 0.03)
     partials = [r["text"] for r in results if r["type"] == "partial"]
     assert partials[0] != partials[-1] and partials[-1].startswith("the baker")
+
+
+def test_int8_streaming_stays_close_to_float(speech):
+    from ds2.quantize import quantize_dynamic
+
+    model = streaming_model(speech, lookahead=2)
+    quantized = quantize_dynamic(model)
+    assert model.rnns[0].weight_ih.dtype == torch.float32 and not hasattr(model.rnns[0], "quantized")
+    for waveform in speech:
+        exact, approx = StreamingModel(model).run(waveform, 1600), StreamingModel(quantized).run(waveform, 1600)
+        assert approx.shape == exact.shape
+        agree = (approx.argmax(-1) == exact.argmax(-1)).float().mean()
+        assert agree >= 0.9 and (approx.exp() - exact.exp()).abs().max() < 0.1
+    # batched streams of different lengths: each stream's state is read at its own last step
+    stream = StreamingModel(quantized)
+    states = [stream.new_state() for _ in speech]
+    together = stream.forward([w[:3000 + 997 * i] for i, w in enumerate(speech)], states, [True] * len(speech))
+    for i, w in enumerate(speech):
+        alone = stream.run(w[:3000 + 997 * i], 10**6)
+        assert torch.equal(together[i].argmax(-1), alone.argmax(-1))
+    with pytest.raises(ValueError, match="bidirectional"):
+        quantize_dynamic(DeepSpeech2(ModelConfig(rnn_hidden=8, fc_hidden=8)))
+    with pytest.raises(ValueError, match="GRU"):
+        quantize_dynamic(streaming_model(speech, rnn_type="rnn"))
