@@ -406,14 +406,23 @@ class StreamDecoder:
                       "end": round(offset + w.end * self.frame_seconds, 3), "confidence": round(w.confidence, 4)}
                      for w in best.words]
         else:
-            from ds2.transcribe import timed_words
-
             text = " ".join(self.alphabet.decode(self.labels).split())
-            words = [{"word": w.text, "start": None if w.start is None else round(offset + w.start, 3),
-                      "end": None if w.end is None else round(offset + w.end, 3), "confidence": w.confidence}
-                     for w in timed_words(torch.cat(self.segment), text, self.alphabet, self.frame_seconds)]
+            words = self._aligned_words(torch.cat(self.segment), text, offset) if text else []
         if not text:
             return None
         final = {"type": "final", "text": text, "start": start, "end": end, "words": words}
         self.finals.append(final)
         return final
+
+    def _aligned_words(self, log_probs: torch.Tensor, text: str, offset: float) -> list[dict]:
+        """The words of a greedy text placed on the segment's steps by CTC forced alignment."""
+        from ds2.alignment import AlignmentError, align
+
+        try:
+            alignment = align(log_probs, text, self.alphabet)
+        except AlignmentError:  # a best path always fits its own frames; a safeguard
+            return [{"word": word, "start": None, "end": None, "confidence": None} for word in text.split()]
+        return [{"word": w.text, "start": round(offset + w.start * self.frame_seconds, 3),
+                 "end": round(offset + w.end * self.frame_seconds, 3), "confidence": round(w.score, 4)}
+                if w.aligned else {"word": w.text, "start": None, "end": None, "confidence": None}
+                for w in alignment.words]

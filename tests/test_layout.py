@@ -23,10 +23,10 @@ LAYERS = [
     {"features", "espeak"},
     {"data", "voices"},
     {"model", "lm", "metrics", "ctc", "alignment", "augment"},
-    {"checkpoint", "longform"},
-    {"decode"},
-    {"tune", "train", "prepare", "synth", "align", "transcribe"},
-    {"segment", "noise"},
+    {"checkpoint", "longform", "quantize"},
+    {"decode", "streaming"},
+    {"tune", "train", "prepare", "synth", "align", "serve"},
+    {"segment", "noise", "transcribe"},
 ]
 
 
