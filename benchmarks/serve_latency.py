@@ -72,7 +72,7 @@ class Server:
         self.port = free_port()
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         command = [sys.executable, "-m", "ds2.cli", "serve", model, "--port", str(self.port), "--max-streams", "512",
-                   "--decode-threads", "1", "--device", "cpu"]
+                   "--decode-threads", "1", "--threads", "1", "--device", "cpu"]
         command += [] if batch_dispatch else ["--no-batch-dispatch"]
         command += ["--int8"] if int8 else []
         command += ["--lm", lm] if lm else []

@@ -70,6 +70,7 @@ class ServeOptions:
                                         above=0)
     max_segment_s: float = option(30.0, "A segment this long gets its final result wherever it is.", above=0)
     decode_threads: int = option(0, "Threads decoding the streams' results (0: one per core).", min=0)
+    threads: int = option(0, "Torch threads of the acoustic model (0: PyTorch's default, one per core).", min=0)
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ...", pattern=DEVICE_PATTERN, pattern_help=DEVICE_HELP)
     int8: bool = option(False, "Dynamic int8 quantization of the recurrent and linear layers (CPU only).")
 
@@ -189,6 +190,8 @@ class Engine:
 
         self.options = options
         device = select_device(options.device)
+        if options.threads:
+            torch.set_num_threads(options.threads)
         model, self.alphabet = load_model(checkpoint, device)
         if options.int8:
             if device.type != "cpu":

@@ -212,6 +212,65 @@ def syncs(device: torch.device, configs: list[str]) -> int:
     return check.exit_code
 
 
+def streaming(device: torch.device) -> int:
+    """StreamingModel on the device: streams batched at different points equal the offline
+    forward of the same model on the device; then the audio seconds per second of 64 streams
+    in 100 ms chunks (Batch Dispatch's batches)."""
+    import time
+
+    from ds2.features import feature_statistics, featurizer
+    from ds2.model import DeepSpeech2, ModelConfig
+    from ds2.streaming import StreamingModel
+
+    check = Checks()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    generator = torch.Generator().manual_seed(0)
+    waves = [torch.randn(16000 * s, generator=generator) * 0.1 for s in (2, 3, 1)]
+    mean, var, _ = feature_statistics(waves)
+    config = ModelConfig(conv_layers=2, conv_channels=(32, 16), conv_kernels=((41, 11), (21, 11)),
+                         conv_strides=((2, 3), (2, 1)), rnn_layers=2, rnn_hidden=256, fc_hidden=256,
+                         bidirectional=False, lookahead=3, normalize="online", feature_mean=mean, feature_var=var)
+    torch.manual_seed(0)
+    model = DeepSpeech2(config).to(device).eval()
+    stream = StreamingModel(model)
+    states = [stream.new_state() for _ in waves]
+    outputs = [[] for _ in waves]
+    positions = [0] * len(waves)
+    sizes = (1600, 777, 4000)
+    while not all(s.finished for s in states):
+        active = [i for i, s in enumerate(states) if not s.finished]
+        chunks = [waves[i][positions[i] : positions[i] + sizes[i]] for i in active]
+        finals = [positions[i] + sizes[i] >= len(waves[i]) for i in active]
+        for i in active:
+            positions[i] += sizes[i]
+        for i, out in zip(active, stream.forward(chunks, [states[i] for i in active], finals)):
+            outputs[i].append(out)
+    worst = 0.0
+    for i, wave in enumerate(waves):
+        features = featurizer(config)(wave).to(device)
+        with torch.no_grad():
+            logits, lengths = model(features[None], torch.tensor([features.shape[1]], device=device))
+        expected = torch.log_softmax(logits[0, : int(lengths[0])].float(), -1).cpu()
+        got = torch.cat(outputs[i])
+        check(f"stream {i}: as many steps as offline", got.shape == expected.shape, f"{got.shape} vs {expected.shape}")
+        if got.shape == expected.shape:
+            worst = max(worst, (got - expected).abs().max().item())
+    check("streaming equals offline on the device", worst < 1e-3, f"max abs diff of log-probs {worst:.2e}")
+    n = 64
+    states = [stream.new_state() for _ in range(n)]
+    chunk = torch.randn(1600, generator=generator) * 0.1
+    start = time.perf_counter()
+    for _ in range(30):
+        stream.forward([chunk] * n, states, [False] * n)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    print(f"{n} streams x 30 chunks of 100 ms: {seconds:.2f} s, {n * 3.0 / seconds:.0f} audio seconds per second, "
+          f"{1000 * seconds / 30:.1f} ms per batch")
+    return check.exit_code
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +286,8 @@ def main() -> int:
     same = commands.add_parser("parity")
     same.add_argument("--device", default="cuda")
     same.add_argument("--config", default="tiny")
+    streams = commands.add_parser("streaming")
+    streams.add_argument("--device", default="cuda")
     count = commands.add_parser("syncs")
     count.add_argument("--device", default="cuda")
     count.add_argument("--configs", default="tiny,small")
@@ -240,6 +301,8 @@ def main() -> int:
     device = torch.device(args.device)
     if args.command == "parity":
         return parity(device, args.config)
+    if args.command == "streaming":
+        return streaming(device)
     if device.type != "cuda":
         print("syncs: torch.cuda.set_sync_debug_mode sees CUDA synchronizations only; nothing to count on", device)
         return 0

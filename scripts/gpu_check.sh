@@ -10,6 +10,7 @@
 #               the loss falls, the checkpoints and logs are written and the resume continues
 #   parity      one training step of the same model and batch on the CPU and the GPU (fp32, TF32
 #               off): logits, loss, gradients, BatchNorm statistics, eval logits, with tolerances
+#   streaming   ds2.streaming on the GPU: batched streams equal the offline forward; 64 streams' speed
 #   syncs       host synchronizations per training step (set_sync_debug_mode("warn")), ours must be 0
 #   throughput  benchmarks/train_throughput.py, small and large, bf16: ours vs the plain-PyTorch DS2
 #   ctc_bench   benchmarks/ctc.py, float32 and bf16 logits
@@ -100,6 +101,10 @@ part_parity() {
   return $rc
 }
 
+part_streaming() {
+  $python scripts/gpu_check.py streaming --device "$device"
+}
+
 part_syncs() {
   [[ $device == cuda ]] || { echo "SKIPPED: DEVICE=$device (set_sync_debug_mode sees CUDA only)"; return 77; }
   $python scripts/gpu_check.py syncs --device "$device" --configs tiny,small
@@ -136,7 +141,7 @@ out=${1:-${OUT:-gpu_check}}
 python=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 deadline=${DEADLINE:-540}
-parts="device ${PARTS:-build gpu_tests train parity syncs throughput ctc_bench}"
+parts="device ${PARTS:-build gpu_tests train parity streaming syncs throughput ctc_bench}"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/ds2-gpu-check.XXXXXX")
