@@ -71,6 +71,8 @@ class Server:
     def __init__(self, model: str, batch_dispatch: bool, int8: bool, core: int, lm: str | None):
         self.port = free_port()
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        model = str(Path(model).resolve())  # the server runs in the repository root
+        lm = str(Path(lm).resolve()) if lm else None
         command = [sys.executable, "-m", "ds2.cli", "serve", model, "--port", str(self.port), "--max-streams", "512",
                    "--decode-threads", "1", "--threads", "1", "--device", "cpu"]
         command += [] if batch_dispatch else ["--no-batch-dispatch"]
