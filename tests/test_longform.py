@@ -41,7 +41,7 @@ def _raw_spectrogram(waveform):
 
 @pytest.mark.parametrize("stride,chunk,context", [(1, 1.0, 0.1), (2, 0.7, 0.05), (3, 2.0, 0.5), (3, 0.5, 0.03)])
 def test_chunked_frames_are_those_of_the_whole_recording(tmp_path, monkeypatch, stride, chunk, context):
-    monkeypatch.setattr(longform, "spectrogram", _raw_spectrogram)  # no per-piece normalization
+    monkeypatch.setattr(longform, "featurizer", lambda config: _raw_spectrogram)  # no per-piece normalization
     path = write_audio(tmp_path / "long.wav", sweep(6.37, SAMPLE_RATE), SAMPLE_RATE)
     whole = FrameProbe(stride)
     (reference,) = log_probs_of(whole, [Recording(str(path))], ChunkOptions(chunk_seconds=100, progress=False))
@@ -71,7 +71,7 @@ def test_a_short_recording_is_one_piece_and_matches_decode(tmp_path):
 
 
 def test_bad_files_are_reported_in_place_and_the_rest_go_on(tmp_path, monkeypatch):
-    monkeypatch.setattr(longform, "spectrogram", _raw_spectrogram)
+    monkeypatch.setattr(longform, "featurizer", lambda config: _raw_spectrogram)
     good = write_audio(tmp_path / "good.wav", sweep(2.0, SAMPLE_RATE), SAMPLE_RATE)
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF" + bytes(np.random.default_rng(0).integers(0, 255, 200, dtype=np.uint8)))
