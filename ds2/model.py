@@ -40,8 +40,9 @@ from torch import nn
 
 from ds2 import audio
 from ds2.config import ConfigError, check, flag_name, option, parse_ints, parse_pairs, show_ints, show_pairs
+from ds2.norm import SequenceBatchNorm, sums_and_squares
+from ds2.recurrent import CLIP, ScanLayer, StepBatchNorm
 
-CLIP = 20.0  # clipped ReLU ceiling, min(max(x, 0), 20)
 
 # DS2's published convolution stack (channels, (freq, time) filter, (freq, time) stride).
 DS2_CONV_CHANNELS = (32, 32, 96)
@@ -52,9 +53,11 @@ DS2_CONV_STRIDES = ((2, 2), (2, 1), (2, 1))
 # in float16 to float64, and it is still a finite float16 (at most 65504).
 PADDING_GATE = 1e4
 
-_VF_RNN = {"gru": torch._VF.gru, "rnn": torch._VF.rnn_relu}
-_TEMPLATE_RNN = {"gru": nn.GRU, "rnn": partial(nn.RNN, nonlinearity="relu")}
-_GATES = {"gru": 3, "rnn": 1}
+_VF_RNN = {"gru": torch._VF.gru, "relu": torch._VF.rnn_relu}  # LSTM: torch._VF.lstm (its own signature)
+_TEMPLATE_RNN = {"gru": nn.GRU, "relu": partial(nn.RNN, nonlinearity="relu"), "lstm": nn.LSTM}
+_GATES = {"gru": 3, "relu": 1, "lstm": 4}  # the fused kernels' cells (RecurrentLayer)
+RNN_TYPES = ("gru", "lstm", "rnn", "relu")
+RNN_NORMS = ("batch", "none", "recurrent", "layer")
 
 
 @dataclass
@@ -70,11 +73,20 @@ class ModelConfig:
                                  parse=parse_pairs, show=show_pairs)
     conv_strides: tuple = option(DS2_CONV_STRIDES, "Strides, frequency x time.", each_min=1,
                                  parse=parse_pairs, show=show_pairs)
-    rnn_type: str = option("gru", "gru, or rnn (simple ReLU RNN).", choices=tuple(_GATES))
+    rnn_type: str = option("gru", "Recurrent cell: gru; lstm; rnn (DS2's simple RNN, clipped ReLU min(max(x, 0), 20)); "
+                           "relu (simple RNN, unclipped ReLU: cuDNN's).", choices=RNN_TYPES)
+    rnn_norm: str = option("batch", "Normalization of the recurrent layers: batch (DS2's sequence-wise BatchNorm of "
+                           "W x, over the minibatch and every step); none; recurrent (Cooijmans et al.'s recurrent "
+                           "BatchNorm: W x and U h, and an LSTM's cell, normalized separately with statistics per "
+                           "step); layer (Ba et al.'s LayerNorm of the same terms, per utterance and step).",
+                           choices=RNN_NORMS)
+    rnn_max_steps: int = option(1000, "Recurrent BatchNorm: steps with statistics of their own; later steps use "
+                                "the last step's.", min=1)
     rnn_layers: int = option(3, "Recurrent layers.", min=1)
     rnn_hidden: int = option(256, "Units per recurrent layer.", min=1)
     bidirectional: bool = option(True, "Bidirectional (directions summed) or forward-only recurrent layers.")
-    batch_norm: bool = option(True, "Sequence-wise BatchNorm on conv and input-to-hidden products (DS2).")
+    batch_norm: bool = option(True, "BatchNorm on the convolutions' outputs (DS2); --rnn-norm sets the recurrent "
+                              "layers'.")
     lookahead: int = option(0, "Row convolution future steps tau (forward-only models).", min=0)
     fc_hidden: int = option(256, "Units of the fully connected layer.", min=1)
     normalize: str = option("utterance", "Feature normalization: utterance (DS2's, whole utterance) or online "
@@ -105,9 +117,16 @@ class ModelConfig:
             setattr(self, name, [float(v) for v in values])
 
     @property
+    def fused(self) -> bool:
+        """Whether the recurrent layers run in PyTorch's fused kernels (RecurrentLayer; cuDNN on
+        a GPU) rather than ds2.recurrent's TorchScript loop (ScanLayer)."""
+        return self.rnn_type in _GATES and self.rnn_norm in ("batch", "none")
+
+    @property
     def streamable(self) -> bool:
         """Whether the model can run on a stream chunk by chunk (ds2.streaming)."""
-        return not self.bidirectional and self.normalize == "online"
+        return (not self.bidirectional and self.normalize == "online" and self.fused
+                and self.rnn_type in _VF_RNN)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +134,12 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
         known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
+        values = {key: value for key, value in values.items() if key in known}
+        if "rnn_norm" not in values:  # saved before --rnn-norm: batch_norm covered the recurrent layers too,
+            values["rnn_norm"] = "batch" if values.get("batch_norm", True) else "none"
+            if values.get("rnn_type") == "rnn":  # and "rnn" was the unclipped ReLU
+                values["rnn_type"] = "relu"
+        return cls(**values)
 
     @property
     def time_stride(self) -> int:
@@ -130,74 +154,6 @@ def time_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     """Boolean mask, shape = (batch, max_length): True at real (unpadded) time steps."""
     steps = torch.arange(max_length, device=lengths.device)
     return steps[None, :] < lengths[:, None]
-
-
-def sums_and_squares(values: torch.Tensor, dims: int | tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum and sum of squares of ``values`` over ``dims``, in float32 (float64 stays float64).
-
-    Reductions only: no masked, squared or float32 copy of ``values`` is made (on the GPU,
-    float16 and bfloat16 are read as they are and accumulated in float32). Autocast is held
-    off because it would cast the whole tensor to float32 before summing it.
-    """
-    dtype = torch.promote_types(values.dtype, torch.float32)
-    with torch.autocast(values.device.type, enabled=False):
-        total = values.sum(dims, dtype=dtype)
-        squares = torch.linalg.vector_norm(values, dim=dims, dtype=dtype).square()
-    return total, squares
-
-
-class SequenceBatchNorm(nn.Module):
-    """Batch normalization whose statistics come only from unpadded values.
-
-    In training the caller passes, per feature, the number of unpadded values and their sum
-    and sum of squares (:func:`sums_and_squares` over padding that is masked or exactly zero),
-    so padding never enters the mean or the variance and no copy of the valid values is
-    gathered. The statistics and running averages are float32 (float64 in a float64 model)
-    whatever the activations' dtype, e.g. bfloat16 under autocast. Returns the per-feature
-    (scale, shift) with BN(y) = scale * y + shift, so callers can fold it into a linear map.
-    """
-
-    def __init__(self, n_features: int, momentum: float = 0.1, eps: float = 1e-5):
-        super().__init__()
-        self.momentum = momentum
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(n_features))
-        self.bias = nn.Parameter(torch.zeros(n_features))
-        self.register_buffer("running_mean", torch.zeros(n_features))
-        self.register_buffer("running_var", torch.ones(n_features))
-        self.sync_group = None  # see DeepSpeech2.sync_batch_norm
-
-    def scale_shift(
-        self, count: torch.Tensor | None = None, total: torch.Tensor | None = None, squares: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """count: shape = (), total and squares: shape = (n_features,); only read in training."""
-        if self.training:
-            if count is None:
-                raise ValueError("batch norm in training needs the batch's count, sum and sum of squares")
-            count = count.to(total.dtype)  # stays a tensor: reading it as a number would wait for the GPU
-            if self.sync_group is not None:
-                count, total, squares = _summed_over_ranks(self.sync_group, count, total, squares)
-            mean = total / count.clamp(min=1)
-            var = (squares / count.clamp(min=1) - mean.square()).clamp(min=0)
-            with torch.no_grad():
-                momentum = (count > 0).to(self.running_mean.dtype) * self.momentum  # no values: keep the averages
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
-                unbiased = var * count / (count - 1).clamp(min=1)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
-        scale = self.weight * torch.rsqrt(var + self.eps)
-        return scale, self.bias - mean * scale
-
-
-def _summed_over_ranks(group, count: torch.Tensor, total: torch.Tensor, squares: torch.Tensor):
-    """count, total and squares summed over the ranks of ``group`` in one all-reduce that
-    autograd differentiates (its backward sums the gradients over the ranks the same way)."""
-    from torch.distributed.nn.functional import all_reduce
-
-    n_features = total.shape[0]
-    packed = all_reduce(torch.cat([count.reshape(1), total, squares]), group=group)
-    return packed[0], packed[1 : n_features + 1], packed[n_features + 1 :]
 
 
 class ConvBlock(nn.Module):
@@ -270,6 +226,8 @@ class RecurrentLayer(nn.Module):
         padding_weight = torch.zeros(self.n_directions, gated, kernel_input - input_size)
         if rnn_type == "gru":  # gates r, z, n: z = sigmoid(big) = 1
             padding_weight[:, hidden_size : 2 * hidden_size, 0] = PADDING_GATE
+        elif rnn_type == "lstm":  # gates i, f, g, o: input and forget gates 0, so c = 0 and h = 0
+            padding_weight[:, : 2 * hidden_size, 0] = -PADDING_GATE
         else:  # relu(-big) = 0
             padding_weight[:, :, 0] = -PADDING_GATE
         self.register_buffer("padding_input", padding_input, persistent=False)
@@ -340,7 +298,12 @@ class RecurrentLayer(nn.Module):
         dtype = weights[0].dtype
         hidden0 = inputs.new_zeros(self.n_directions, batch, self.hidden_size, dtype=dtype)
         bidirectional = self.n_directions == 2
-        out, _ = _VF_RNN[self.rnn_type](inputs.to(dtype), hidden0, weights, True, 1, 0.0, self.training, bidirectional, False)
+        if self.rnn_type == "lstm":
+            out = torch._VF.lstm(inputs.to(dtype), (hidden0, hidden0), weights, True, 1, 0.0, self.training,
+                                 bidirectional, False)[0]
+        else:
+            out = _VF_RNN[self.rnn_type](inputs.to(dtype), hidden0, weights, True, 1, 0.0, self.training,
+                                         bidirectional, False)[0]
         out = out.unflatten(-1, (self.n_directions, self.hidden_size)).sum(-2)  # T x B x H
         return torch.where(mask[..., None], out, 0)
 
@@ -391,6 +354,16 @@ def flat_views(weights: list[torch.Tensor], offsets: tuple[int, ...], size: int)
     return [flat[offset : offset + weight.numel()].view_as(weight) for offset, weight in zip(offsets, weights)]
 
 
+def recurrent_layer(input_size: int, config: ModelConfig) -> nn.Module:
+    """One of ``config``'s recurrent layers: fused (RecurrentLayer) where PyTorch has the
+    kernel, else ds2.recurrent's ScanLayer."""
+    if config.fused:
+        return RecurrentLayer(input_size, config.rnn_hidden, config.rnn_type, config.bidirectional,
+                              config.rnn_norm == "batch")
+    return ScanLayer(input_size, config.rnn_hidden, config.rnn_type, config.bidirectional, config.rnn_norm,
+                     config.rnn_max_steps)
+
+
 class RowConvolution(nn.Module):
     """DS2 lookahead: r[t, i] = sum_{j=0..tau} W[i, j] h[t + j, i], one filter per feature."""
 
@@ -423,14 +396,7 @@ class DeepSpeech2(nn.Module):
         self.convs = nn.ModuleList(convs)
         rnn_input = channels * n_freq
         self.rnns = nn.ModuleList(
-            RecurrentLayer(
-                rnn_input if layer == 0 else config.rnn_hidden,
-                config.rnn_hidden,
-                config.rnn_type,
-                config.bidirectional,
-                config.batch_norm,
-            )
-            for layer in range(config.rnn_layers)
+            recurrent_layer(rnn_input if layer == 0 else config.rnn_hidden, config) for layer in range(config.rnn_layers)
         )
         self.row_conv = RowConvolution(config.rnn_hidden, config.lookahead) if config.lookahead else None
         self.fc = nn.Linear(config.rnn_hidden, config.fc_hidden)
@@ -483,7 +449,7 @@ class DeepSpeech2(nn.Module):
 
     def batch_norm_statistics(self) -> list[torch.Tensor]:
         """The running averages of every BatchNorm layer (buffers, in place)."""
-        return [buffer for module in self.modules() if isinstance(module, SequenceBatchNorm)
+        return [buffer for module in self.modules() if isinstance(module, (SequenceBatchNorm, StepBatchNorm))
                 for buffer in (module.running_mean, module.running_var)]
 
     def n_parameters(self) -> int:

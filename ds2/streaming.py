@@ -81,6 +81,9 @@ class StreamingModel:
         if config.normalize != "online":
             raise NotStreamableError("per-utterance feature normalization needs the whole recording: streaming needs "
                                      "--normalize online")
+        if not config.streamable:
+            raise NotStreamableError(f"--rnn-type {config.rnn_type} --rnn-norm {config.rnn_norm}: streaming runs GRU or "
+                                     "ReLU layers with batch or no normalization (PyTorch's fused kernels)")
         self.model = model.eval()
         self.config = config
         self.device = next(model.parameters()).device

@@ -162,6 +162,13 @@ class TrainConfig:
     log_every: int = option(10, "Write a log.csv row every N steps (the only points, with checkpoints, where the "
                             "loop waits for the GPU).", min=1)
     max_steps: int = option(0, "Stop after N steps in total (0: no limit).", min=0)
+    max_minutes: float = option(0.0, "Stop after N minutes of training (the steps' wall time: evaluation and "
+                                "checkpoints not counted; all ranks together), evaluate dev and save last.pt; "
+                                "--resume continues the budget. A budget of time, not of steps: where it stops "
+                                "depends on the machine (0: no limit).", min=0)
+    eval_minutes: float = option(0.0, "Also evaluate dev every N minutes of training (dev.csv gets a row per "
+                                 "evaluation, with the training minutes; best.pt follows the best); 0: at the end "
+                                 "of each epoch only.", min=0)
     max_unusable: float = option(0.5, "Stop with an error when more than this share of the training "
                                  "utterances cannot be used (missing or unreadable audio, labels "
                                  "longer than the output, non-finite loss).", min=0, max=1)
@@ -198,6 +205,16 @@ class TrainState:
     epoch_unusable: int = 0  # ... of which could not be used (unreadable, unaligned, non-finite)
     audio_frames: int = 0  # audio_seconds in spectrogram frames (an exact count)
     batches: str = ""  # digest of the current epoch's minibatches, in order (a resume must replay the same)
+    train_seconds: float = 0.0  # wall time of the training steps (mean over the ranks)
+    eval_seconds: float = 0.0  # train_seconds at the last dev evaluation
+
+
+CLOCK_FIELDS = ("train_seconds", "eval_seconds")  # wall times: they differ between two identical runs
+
+
+def replayable(state: dict) -> dict:
+    """A saved TrainState without its wall times: what an exact resume reproduces."""
+    return {key: value for key, value in state.items() if key not in CLOCK_FIELDS}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -255,9 +272,13 @@ def activation_bytes_per_step(config: ModelConfig) -> float:
         n_freq = (n_freq + 2 * (kernel[0] // 2) - kernel[0]) // stride[0] + 1
         frames /= stride[1]
         values += config.conv_channels[layer] * n_freq * frames
-    gates = 3 if config.rnn_type == "gru" else 1
+    from ds2.recurrent import GATES
+
+    gates = GATES.get(config.rnn_type, 1)
     directions = 2 if config.bidirectional else 1
-    values += config.rnn_layers * config.rnn_hidden * directions * (gates + 1)  # input products, outputs
+    # input products and outputs; the TorchScript loop's autograd keeps every gate's intermediates
+    per_unit = gates + 1 if config.fused else 3 * gates + 4
+    values += config.rnn_layers * config.rnn_hidden * directions * per_unit
     values += config.rnn_hidden if config.lookahead else 0
     values += config.fc_hidden + config.n_outputs
     return SAVED_VALUES_PER_OUTPUT * 4 * values
@@ -390,7 +411,7 @@ class Tally:
     read would make the CPU wait for the GPU). :meth:`read` sums both over the ranks in one
     all-reduce: the only point where the training loop waits for the device."""
 
-    HOST = ("seen", "load_failures", "unaligned", "augment_notes")
+    HOST = ("seen", "load_failures", "unaligned", "augment_notes", "train_seconds")
     DEVICE = ("loss_sum", "n_loss", "nonfinite", "skipped_steps", "audio_frames")
 
     def __init__(self, device: torch.device, ranks: Ranks):
@@ -761,6 +782,7 @@ def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device:
         _write_run_info(out_dir / "run.json", device, backend, state, ranks, _precision_name(config.precision, device))
 
     loop = _Loop(config, model, forward, optimizer, sampler, loader, state, device, backend, ranks, precision, run)
+    loop.dev = (dev_set, dev_loader)
 
     logger = RunLogger(out_dir, resume_state=state if resumed is not None else None) if ranks.is_main else None
     loop.logger = logger
@@ -768,22 +790,17 @@ def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device:
     try:
         while state.epoch < config.epochs:
             if loop.epoch():
+                if loop.out_of_time:
+                    loop.evaluate_dev()
+                    run.save(last_path, state)
+                    log.info("stopped after %.1f min of training, %d steps (max_minutes); resume with --resume",
+                             state.train_seconds / 60, state.step)
+                    break
                 run.save(last_path, state)
                 log.info("stopped after %d steps (max_steps); resume with --resume", state.step)
                 return state
             _check_usable(state, config)
-            run.publish()
-            dev_loss, dev_wer, dev_cer = evaluate(model, dev_set, device, backend, loader=dev_loader, ranks=ranks,
-                                                  precision=precision)
-            improved = (dev_wer, dev_cer) < (state.best_wer, state.best_cer)
-            if improved:
-                state.best_wer, state.best_cer = dev_wer, dev_cer
-            if logger:
-                logger.epoch_row(state, epoch_lr(config, state.epoch), dev_loss, dev_wer, dev_cer)
-            log.info(
-                "epoch %d: dev loss %.3f, WER %.2f%%, CER %.2f%%%s",
-                state.epoch + 1, dev_loss, dev_wer, dev_cer, " (best)" if improved else "",
-            )
+            improved = loop.evaluate_dev(end_of_epoch=True)
             state.epoch += 1
             state.batches_done = 0
             state.epoch_seen = state.epoch_unusable = 0
@@ -923,6 +940,31 @@ class _Loop:
         self.tally = Tally(device, ranks)
         self.logger: RunLogger | None = None
         self.window = _new_window()  # since the last log.csv row
+        self.out_of_time = False  # max_minutes stopped the run
+        self.dev = None  # (dataset, loader) for evaluate_dev
+
+    def evaluate_dev(self, end_of_epoch: bool = False) -> bool:
+        """Evaluate dev (every rank): a dev.csv row (and at an epoch's end an epochs.csv row),
+        best.pt when it improved. Returns whether it did."""
+        state = self.state
+        self.run.publish()
+        dev_set, dev_loader = self.dev
+        dev_loss, dev_wer, dev_cer = evaluate(self.model, dev_set, self.device, self.backend, loader=dev_loader,
+                                              ranks=self.ranks, precision=self.precision)
+        state.eval_seconds = state.train_seconds
+        improved = (dev_wer, dev_cer) < (state.best_wer, state.best_cer)
+        if improved:
+            state.best_wer, state.best_cer = dev_wer, dev_cer
+        if self.logger:
+            self.logger.dev_row(state, dev_loss, dev_wer, dev_cer)
+            if end_of_epoch:
+                self.logger.epoch_row(state, epoch_lr(self.config, state.epoch), dev_loss, dev_wer, dev_cer)
+        log.info("%s: dev loss %.3f, WER %.2f%%, CER %.2f%% (%.1f min of training)%s",
+                 f"epoch {state.epoch + 1}" if end_of_epoch else f"step {state.step}", dev_loss, dev_wer, dev_cer,
+                 state.train_seconds / 60, " (best)" if improved else "")
+        if improved and not end_of_epoch:
+            self.run.save(Path(self.config.out_dir) / "best.pt", state, with_optimizer=False)
+        return improved
 
     def read_counts(self) -> None:
         """Add every rank's counts since the last reading to the state (a collective)."""
@@ -936,12 +978,13 @@ class _Loop:
         state.skipped_augment += round(counts["augment_notes"])
         state.audio_frames += round(counts["audio_frames"])
         state.audio_seconds = audio.frames_to_seconds(state.audio_frames)
+        state.train_seconds += counts["train_seconds"]
         self.window["loss_sum"] += counts["loss_sum"]
         self.window["n_loss"] += counts["n_loss"]
         self.window["frames"] += counts["audio_frames"]
 
     def epoch(self) -> bool:
-        """Run the rest of the current epoch; True if max_steps stopped it early."""
+        """Run the rest of the current epoch; True if max_steps or max_minutes stopped it early."""
         config, state = self.config, self.state
         lr = epoch_lr(config, state.epoch)
         for group in self.optimizer.param_groups:
@@ -954,6 +997,7 @@ class _Loop:
             disable=not (config.progress and self.ranks.is_main),
             desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="batch", dynamic_ncols=True,
         )
+        clock = time.perf_counter()
         for batch in bar:
             for _, message in batch.failures:
                 log.warning("skipped: %s", message)
@@ -968,18 +1012,27 @@ class _Loop:
                                    self.ranks, self.precision, self.tally)
             state.step += 1
             state.batches_done += 1
+            now = time.perf_counter()
+            self.tally.host["train_seconds"] += (now - clock) / self.ranks.world_size  # summed: the ranks' mean
+            clock = now
             logged = state.step % config.log_every == 0
             saved = bool(config.checkpoint_every) and state.step % config.checkpoint_every == 0
             stop = bool(config.max_steps) and state.step >= config.max_steps
             if logged or saved or stop:
-                self.read_counts()
+                self.read_counts()  # the same on every rank, so are the decisions below
             if logged:
                 self._log_row(lr, grad_norm, bar)
+            if logged and config.max_minutes and state.train_seconds >= config.max_minutes * 60:
+                self.out_of_time = stop = True
             if stop:
                 bar.close()
                 return True
+            if logged and config.eval_minutes and state.train_seconds - state.eval_seconds >= config.eval_minutes * 60:
+                self.evaluate_dev()
+                self.window = _new_window()
             if saved:
                 self.run.save(Path(config.out_dir) / "last.pt", state)
+            clock = time.perf_counter()
         bar.close()
         self.read_counts()
         return False
@@ -1009,6 +1062,8 @@ class RunLogger:
     """
 
     STEP_FIELDS = ["step", "epoch", "lr", "loss", "grad_norm", "audio_seconds_per_second"]
+    DEV_FIELDS = ["step", "epoch", "train_minutes", "audio_hours", "dev_loss", "dev_wer", "dev_cer",
+                  "skipped_nonfinite", "skipped_steps"]
     EPOCH_FIELDS = [
         "epoch", "step", "lr", "dev_loss", "dev_wer", "dev_cer", "skipped_unaligned",
         "skipped_load", "skipped_nonfinite", "skipped_steps", "audio_hours", "skipped_augment",
@@ -1021,6 +1076,7 @@ class RunLogger:
         self.steps = CsvLog(out_dir / "log.csv", self.STEP_FIELDS, append, keep=lambda row: _int(row["step"]) <= step)
         self.epochs = CsvLog(out_dir / "epochs.csv", self.EPOCH_FIELDS, append,
                              keep=lambda row: _int(row["epoch"]) <= epoch)
+        self.devs = CsvLog(out_dir / "dev.csv", self.DEV_FIELDS, append, keep=lambda row: _int(row["step"]) <= step)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -1046,6 +1102,13 @@ class RunLogger:
         scalars = {"dev/loss": dev_loss, "dev/wer": dev_wer, "dev/cer": dev_cer}
         self._emit(self.epochs, row, scalars, state.step)
 
+    def dev_row(self, state: TrainState, dev_loss: float, dev_wer: float, dev_cer: float) -> None:
+        row = dict(step=state.step, epoch=state.epoch + 1, train_minutes=round(state.train_seconds / 60, 3),
+                   audio_hours=round(state.audio_seconds / 3600, 3), dev_loss=round(dev_loss, 4),
+                   dev_wer=round(dev_wer, 2), dev_cer=round(dev_cer, 2), skipped_nonfinite=state.skipped_nonfinite,
+                   skipped_steps=state.skipped_steps)
+        self.devs.write(row)
+
     def _emit(self, csv_log: CsvLog, row: dict, scalars: dict, step: int) -> None:
         """One CSV row (flushed, so a crash loses nothing) and its TensorBoard scalars."""
         csv_log.write(row)
@@ -1056,6 +1119,7 @@ class RunLogger:
     def close(self) -> None:
         self.steps.close()
         self.epochs.close()
+        self.devs.close()
         if self.tensorboard:
             self.tensorboard.close()
 

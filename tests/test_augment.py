@@ -20,7 +20,7 @@ from ds2.data import SpeechDataset, make_loader, write_manifest
 from ds2.model import ModelConfig
 from ds2.synth import SynthConfig, synthesize_corpus
 from ds2.text import Alphabet
-from ds2.train import TrainConfig, train
+from ds2.train import TrainConfig, replayable, train
 
 RATE = audio.SAMPLE_RATE
 
@@ -220,7 +220,7 @@ def test_a_resumed_augmented_run_sees_what_the_uninterrupted_run_saw(corpus, tmp
     train(_config(corpus, tmp_path / "resumed", max_steps=3))  # stops inside epoch 2
     train(_config(corpus, tmp_path / "resumed", resume=True))
     resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
-    assert resumed["training"]["state"] == straight["training"]["state"]
+    assert replayable(resumed["training"]["state"]) == replayable(straight["training"]["state"])
     for key, value in straight["model"].items():
         assert torch.equal(resumed["model"][key], value), key
     train(_config(corpus, tmp_path / "clean", augment=AugmentOptions()))

@@ -20,8 +20,8 @@ PACKAGE = REPO / "ds2"
 LAYERS = [
     {"ds2", "io", "config", "grammar", "_ctc_numba", "_align_numba"},  # ground: nothing from ds2 (ds2 = __init__)
     {"text", "audio", "distributed"},
-    {"features", "espeak"},
-    {"data", "voices"},
+    {"features", "espeak", "norm"},
+    {"data", "voices", "recurrent"},
     {"model", "lm", "metrics", "ctc", "alignment", "augment"},
     {"checkpoint", "longform", "quantize"},
     {"decode", "streaming"},

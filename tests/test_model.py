@@ -40,11 +40,15 @@ def _explicit_bn_rnn(layer: RecurrentLayer, x, lengths):
         z = z.view(n, dirs, -1)
         for d in range(dirs):
             U, bh = layer.weight_hh[d], layer.bias_hh[d]
-            h = torch.zeros(H)
+            h, c = torch.zeros(H), torch.zeros(H)
             steps = range(n) if d == 0 else range(n - 1, -1, -1)
             for t in steps:
                 gi, gh = z[t, d], U @ h + bh
-                if layer.rnn_type == "gru":
+                if layer.rnn_type == "lstm":
+                    i, f, g, o = (gi + gh).view(4, H)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    h = torch.sigmoid(o) * torch.tanh(c)
+                elif layer.rnn_type == "gru":
                     r = torch.sigmoid(gi[:H] + gh[:H])
                     u = torch.sigmoid(gi[H : 2 * H] + gh[H : 2 * H])
                     c = torch.tanh(gi[2 * H :] + r * gh[2 * H :])
@@ -55,7 +59,7 @@ def _explicit_bn_rnn(layer: RecurrentLayer, x, lengths):
     return out
 
 
-@pytest.mark.parametrize("rnn_type", ["gru", "rnn"])
+@pytest.mark.parametrize("rnn_type", ["gru", "relu", "lstm"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_bn_rnn_matches_the_ds2_formula(rnn_type, bidirectional):
     torch.manual_seed(0)
@@ -199,7 +203,7 @@ def _directions_one_after_the_other(layer: RecurrentLayer, x, lengths, mask):
     over each sequence reversed within its length."""
     x = torch.where(mask[..., None], x, 0)
     weight_ih, bias_ih = layer.folded_input_weights(x, lengths)
-    kernel = {"gru": torch._VF.gru, "rnn": torch._VF.rnn_relu}[layer.rnn_type]
+    kernel = {"gru": torch._VF.gru, "relu": torch._VF.rnn_relu}[layer.rnn_type]
     hidden0 = x.new_zeros(1, x.shape[1], layer.hidden_size)
     output = 0
     for direction in range(layer.n_directions):
@@ -217,7 +221,7 @@ def test_reverse_padded_reverses_within_length():
     assert out == [[9.0, 6.0, 3.0, 0.0], [4.0, 1.0, 7.0, 10.0], [8.0, 5.0, 2.0, 11.0]]
 
 
-@pytest.mark.parametrize("rnn_type", ["gru", "rnn"])
+@pytest.mark.parametrize("rnn_type", ["gru", "relu"])
 @pytest.mark.parametrize("batch_norm", [True, False])
 @pytest.mark.parametrize("training", [True, False])
 def test_bidirectional_layer_is_one_kernel_call_equal_to_the_directions_run_separately(monkeypatch, rnn_type, batch_norm, training):
@@ -311,7 +315,9 @@ def _waits_for_the_device(func, args) -> bool:
     return False
 
 
-@pytest.mark.parametrize("config", [dict(), dict(rnn_type="rnn", bidirectional=False, lookahead=2)], ids=["bigru", "rnn-rowconv"])
+@pytest.mark.parametrize("config", [dict(), dict(rnn_type="rnn", bidirectional=False, lookahead=2),
+                                    dict(rnn_type="lstm", rnn_norm="recurrent"), dict(rnn_norm="layer")],
+                         ids=["bigru", "rnn-rowconv", "lstm-recurrent-bn", "gru-layernorm"])
 def test_forward_and_backward_never_wait_for_the_device(config):
     # The CPU cannot show synchronizations (torch.cuda.set_sync_debug_mode sees only CUDA);
     # the ops that cause them can be seen: boolean indexing, nonzero, .item(), ...

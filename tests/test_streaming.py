@@ -60,7 +60,7 @@ def test_online_normalization_chunk_by_chunk_equals_the_whole(speech):
 
 @pytest.mark.parametrize("rnn_type,lookahead,kernels,strides", [
     ("gru", 3, ((41, 11), (21, 11)), ((2, 3), (2, 1))),
-    ("rnn", 0, ((41, 5), (21, 3)), ((2, 2), (2, 1))),
+    ("relu", 0, ((41, 5), (21, 3)), ((2, 2), (2, 1))),
 ])
 def test_streaming_equals_offline_for_any_chunking(speech, rnn_type, lookahead, kernels, strides):
     model = streaming_model(speech, lookahead, rnn_type, kernels, strides)
@@ -227,4 +227,4 @@ def test_int8_streaming_stays_close_to_float(speech):
     with pytest.raises(ValueError, match="bidirectional"):
         quantize_dynamic(DeepSpeech2(ModelConfig(rnn_hidden=8, fc_hidden=8)))
     with pytest.raises(ValueError, match="GRU"):
-        quantize_dynamic(streaming_model(speech, rnn_type="rnn"))
+        quantize_dynamic(streaming_model(speech, rnn_type="relu"))
