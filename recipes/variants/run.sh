@@ -92,7 +92,7 @@ if run_stage 2; then
       decode_and_score lm_$split $data/$split.json $dir --logprobs $dir/logprobs_$split.pt \
         --lm $exp/lm/lm.bin --alpha $alpha --beta $beta
     done
-    log "$name: test greedy $(grep -o 'WER [0-9.]*' $dir/score_test.txt | head -1), LM $(grep -o 'WER [0-9.]*' $dir/score_lm_test.txt | head -1)"
+    log "$name: test WER greedy $(awk '$1 == "WER" {print $NF}' $dir/score_test.txt), LM $(awk '$1 == "WER" {print $NF}' $dir/score_lm_test.txt)"
     touch $dir/.done
   done
   done_stage 2
