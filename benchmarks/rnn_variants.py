@@ -10,7 +10,7 @@ is the peer measured beside it.
     .venv/bin/python benchmarks/rnn_variants.py --device cuda --batch 64 --steps 500 --hidden 800
 
 Columns: ms per step (forward + backward of the whole batch, divided by the steps; median of
---repeats after one warm-up), x fused GRU (the row over the fused GRU + sequence-BN row), and
+--repeats after two warm-up runs), x fused GRU (the row over the fused GRU + sequence-BN row), and
 for loop variants "eager / script": the Python loop's time over the TorchScript loop's.
 """
 
@@ -43,7 +43,8 @@ def time_layer(layer, x, lengths, mask, repeats: int, device: torch.device) -> f
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    once()
+    for _ in range(2):  # TorchScript's profiling executor optimizes the loop after its first runs
+        once()
     return statistics.median(once() for _ in range(repeats))
 
 

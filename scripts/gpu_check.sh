@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go (about 7 minutes on an H100), each part's failure
+# Everything that needs a GPU, in one go (about 9 minutes on an H100), each part's failure
 # recorded without stopping the later ones:
 #   device      torch, CUDA and the GPU
 #   deps        soundfile (ds2.audio imports it): installed, or from wheels in .whl/, or a stand-in
@@ -11,6 +11,8 @@
 #   parity      one training step of the same model and batch on the CPU and the GPU (fp32, TF32
 #               off): logits, loss, gradients, BatchNorm statistics, eval logits, with tolerances
 #   streaming   ds2.streaming on the GPU: batched streams equal the offline forward; 64 streams' speed
+#   variants    benchmarks/rnn_variants.py: per-step cost of the recurrent variants (LSTM, clipped RNN,
+#               recurrent BN, LayerNorm) against the cuDNN GRU, TorchScript loop against the eager loop
 #   syncs       host synchronizations per training step (set_sync_debug_mode("warn")), ours must be 0
 #   throughput  benchmarks/train_throughput.py, small and large, bf16: ours vs the plain-PyTorch DS2
 #   ctc_bench   benchmarks/ctc.py, float32 and bf16 logits
@@ -105,6 +107,15 @@ part_streaming() {
   $python scripts/gpu_check.py streaming --device "$device"
 }
 
+part_variants() {
+  if [[ $device == cuda ]]; then
+    $python benchmarks/rnn_variants.py --device cuda --batch 32 --steps 300 --hidden 256 --repeats 3
+    $python benchmarks/rnn_variants.py --device cuda --batch 64 --steps 300 --hidden 800 --repeats 3 --no-eager
+  else  # a smoke run
+    $python benchmarks/rnn_variants.py --device cpu --batch 2 --steps 20 --hidden 16 --input 16 --repeats 1
+  fi
+}
+
 part_syncs() {
   [[ $device == cuda ]] || { echo "SKIPPED: DEVICE=$device (set_sync_debug_mode sees CUDA only)"; return 77; }
   $python scripts/gpu_check.py syncs --device "$device" --configs tiny,small
@@ -141,7 +152,7 @@ out=${1:-${OUT:-gpu_check}}
 python=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 deadline=${DEADLINE:-540}
-parts="device ${PARTS:-build gpu_tests train parity streaming syncs throughput ctc_bench}"
+parts="device ${PARTS:-build gpu_tests train parity streaming variants syncs throughput ctc_bench}"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/ds2-gpu-check.XXXXXX")
@@ -208,6 +219,8 @@ EOF
   run_part gpu_tests 180
   run_part train 240
   run_part parity 120
+  run_part streaming 90
+  run_part variants 120
   run_part syncs 120
   run_part throughput 300
   run_part ctc_bench 240
