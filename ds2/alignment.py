@@ -5,7 +5,8 @@ log-probabilities (DS2 section 5.1: argmax over alignments of prod_t p_ctc(l_t |
 numba kernel runs on the CPU, a frame-by-frame torch loop on the GPU (or anywhere), and
 tests check both against torchaudio.functional.forced_align. :func:`align` turns the path
 into character and word :class:`Span` objects (frames and a confidence: the mean
-probability of the aligned character over its frames).
+probability of the aligned character over its frames). With a bigram alphabet the path is
+one of labels, a bigram one label: both its characters get the bigram's frames and score.
 
 Long recordings: a full Viterbi needs one byte per (frame, state), which for an hour of
 frames and tens of thousands of characters does not fit. Past ``max_cells`` the transcript
@@ -104,7 +105,7 @@ def viterbi(log_probs, labels, blank: int = BLANK, backend: str = "auto") -> tup
     n_frames = log_probs.shape[0]
     needed = len(labels_np) + int(np.sum(labels_np[1:] == labels_np[:-1]))
     if needed > n_frames:
-        raise AlignmentError(f"{len(labels_np)} characters need {needed} frames, the audio has {n_frames}")
+        raise AlignmentError(f"{len(labels_np)} labels need {needed} frames, the audio has {n_frames}")
     on_gpu = torch.is_tensor(log_probs) and log_probs.device.type == "cuda"
     if backend == "torch" or (backend == "auto" and on_gpu):
         states, score = _viterbi_torch(torch.as_tensor(log_probs), torch.as_tensor(labels_np), blank)
@@ -167,8 +168,9 @@ def _viterbi_torch(log_probs: torch.Tensor, labels: torch.Tensor, blank: int) ->
 # --------------------------------------------------------------------------- spans
 
 
-def char_spans(states: np.ndarray, log_probs: np.ndarray, labels: np.ndarray, text: str) -> list[Span]:
-    """One Span per label (character of ``text``) from a Viterbi path; frame offsets as given."""
+def char_spans(states: np.ndarray, log_probs: np.ndarray, labels: np.ndarray, text: str | list[str]) -> list[Span]:
+    """One Span per label from a Viterbi path; frame offsets as given. ``text``: the symbol of
+    each label (a string: one character per label)."""
     probs = np.exp(log_probs[np.arange(len(states)), _frame_tokens(states, labels)])
     spans = []
     label_of_frame = np.where(states % 2 == 1, (states - 1) // 2, -1)
@@ -188,8 +190,8 @@ def _frame_tokens(states: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def word_spans(chars: list[Span]) -> list[Span]:
-    """Words of a character sequence (split at spaces): first frame of the first character to
-    the end of the last; score is the frame-weighted mean of the characters' scores."""
+    """Words of a character (or label) sequence (split at spaces): first frame of the first
+    character to the end of the last; score is the frame-weighted mean of the characters' scores."""
     words, current = [], []
     for span in chars + [Span(" ", -1, -1, math.nan)]:
         if span.text != " ":
@@ -214,8 +216,9 @@ def align(log_probs, text: str, alphabet: Alphabet, backend: str = "auto", max_c
           anchor_words: int = 3) -> Alignment:
     """Align ``text`` (normalized here) to ``log_probs`` (T, V) of one recording.
 
-    Raises AlignmentError for a transcript that is empty, holds characters outside the
-    alphabet, or cannot fit the frames.
+    The labels are those the model was trained on (``alphabet.encode``: bigrams where it has
+    them); the returned characters are the text's either way. Raises AlignmentError for a
+    transcript that is empty, holds characters outside the alphabet, or cannot fit the frames.
     """
     text = normalize(text)
     if not text:
@@ -224,13 +227,21 @@ def align(log_probs, text: str, alphabet: Alphabet, backend: str = "auto", max_c
         labels = np.array(alphabet.encode(text), dtype=np.int64)
     except ValueError as err:
         raise AlignmentError(str(err)) from None
+    symbols = [alphabet.symbols[label - 1] for label in labels]
     values = log_probs.detach().float().cpu().numpy() if torch.is_tensor(log_probs) else np.asarray(log_probs)
     n_frames = len(values)
     if n_frames * (2 * len(labels) + 1) <= max_cells:
         states, score = viterbi(log_probs, labels, backend=backend)
-        chars = char_spans(states, values, labels, text)
-        return Alignment(text, chars, word_spans(chars), score, n_frames)
-    return _align_in_windows(values, text, labels, alphabet, backend, max_cells, anchor_words)
+        spans = char_spans(states, values, labels, symbols)
+        return Alignment(text, _characters(spans), word_spans(spans), score, n_frames)
+    return _align_in_windows(values, text, labels, symbols, alphabet, backend, max_cells, anchor_words)
+
+
+def _characters(spans: list[Span]) -> list[Span]:
+    """Label spans -> one span per character: a bigram's two characters share its frames."""
+    if all(len(span.text) == 1 for span in spans):
+        return spans
+    return [Span(char, span.start, span.end, span.score) for span in spans for char in span.text]
 
 
 def greedy_words(log_probs: np.ndarray, alphabet: Alphabet) -> list[tuple[str, int, int]]:
@@ -280,15 +291,17 @@ def anchor_cuts(log_probs: np.ndarray, words: list[str], alphabet: Alphabet, anc
     return sorted(cuts.items())
 
 
-def _align_in_windows(values, text, labels, alphabet, backend, max_cells, anchor_words) -> Alignment:
+def _align_in_windows(values, text, labels, symbols, alphabet, backend, max_cells, anchor_words) -> Alignment:
     words = text.split(" ")
-    offsets = np.cumsum([0] + [len(w) + 1 for w in words])  # character offset of each word
+    # label offset of each word (bigrams never hold a space: each word's labels are its own)
+    starts = [0] + [k + 1 for k, symbol in enumerate(symbols) if symbol == " "]
+    offsets = np.array(starts + [len(symbols) + 1])
     n_frames = len(values)
     cuts = [(0, 0)] + anchor_cuts(values, words, alphabet, anchor_words) + [(len(words), n_frames)]
 
     def cells(a, b) -> int:
-        n_chars = offsets[b[0]] - offsets[a[0]] - 1
-        return (b[1] - a[1]) * (2 * n_chars + 1)
+        n_labels = offsets[b[0]] - offsets[a[0]] - 1
+        return (b[1] - a[1]) * (2 * n_labels + 1)
 
     windows, start, index = [], cuts[0], 1
     while index < len(cuts):
@@ -299,13 +312,13 @@ def _align_in_windows(values, text, labels, alphabet, backend, max_cells, anchor
         windows.append((start, cuts[end]))
         start, index = cuts[end], end + 1
 
-    chars: list[Span] = [Span(c, -1, -1, math.nan) for c in text]
+    spans: list[Span] = [Span(symbol, -1, -1, math.nan) for symbol in symbols]
     score, unaligned = 0.0, []
     for (j0, f0), (j1, f1) in windows:
         if j1 == j0:
             continue
         c0, c1 = int(offsets[j0]), int(offsets[j1]) - 1
-        window_text = text[c0:c1]
+        window_symbols = symbols[c0:c1]
         where = f"words {j0 + 1}-{j1} (frames {f0}-{f1})"
         if cells((j0, f0), (j1, f1)) > 4 * max_cells:
             unaligned.append(f"{where}: no anchor for {(f1 - f0)} frames, too large to align")
@@ -316,11 +329,11 @@ def _align_in_windows(values, text, labels, alphabet, backend, max_cells, anchor
             unaligned.append(f"{where}: {err}")
             continue
         score += window_score
-        for k, span in enumerate(char_spans(states, values[f0:f1], labels[c0:c1], window_text)):
-            chars[c0 + k] = Span(span.text, span.start + f0, span.end + f0, span.score)
+        for k, span in enumerate(char_spans(states, values[f0:f1], labels[c0:c1], window_symbols)):
+            spans[c0 + k] = Span(span.text, span.start + f0, span.end + f0, span.score)
     if len(unaligned) == len([w for w in windows if w[1][0] > w[0][0]]):
         raise AlignmentError("; ".join(unaligned))
-    return Alignment(text, chars, word_spans(chars), score, n_frames, len(windows), unaligned)
+    return Alignment(text, _characters(spans), word_spans(spans), score, n_frames, len(windows), unaligned)
 
 
 def ctm_lines(utterance: str, alignment: Alignment, frame_seconds: float, start_seconds: float = 0.0) -> list[str]:

@@ -174,9 +174,9 @@ def _text_of(alignment: Alignment, units: list[Span], run: tuple[int, int], requ
 
 def segment_features(log_probs: torch.Tensor, text: str, alphabet: Alphabet) -> dict[str, float]:
     """DS2's filter features of one segment: CTC cost and its ratios, words, characters."""
-    labels = torch.tensor([alphabet.encode(text)])
+    labels = torch.tensor([alphabet.encode(text)])  # fewer than the characters with bigrams
     n_frames, n_chars = len(log_probs), len(text)
-    cost = float(ctc.ctc_loss(log_probs[None].float(), labels, torch.tensor([n_frames]), torch.tensor([n_chars]),
+    cost = float(ctc.ctc_loss(log_probs[None].float(), labels, torch.tensor([n_frames]), torch.tensor([labels.shape[1]]),
                               reduction="none", backend="torch")[0])
     return {"ctc_cost": round(cost, 4), "cost_per_frame": round(cost / max(n_frames, 1), 5),
             "cost_per_char": round(cost / max(n_chars, 1), 5), "frames_per_char": round(n_frames / max(n_chars, 1), 4),

@@ -50,14 +50,27 @@ def normalize(text: str) -> str:
 
 
 class Alphabet:
-    """Symbols <-> label indices (1..N); index 0 is the CTC blank."""
+    """Symbols <-> label indices (1..N); index 0 is the CTC blank.
+
+    Symbols are single characters, and optionally bigrams (DS2's English outputs at time
+    stride 3): two characters of the alphabet, never a space. With bigrams, :meth:`encode`
+    cuts each word into non-overlapping pairs from the left, a pair that is not a symbol
+    falling back to its first character (see :meth:`segment`); :meth:`decode` joins the
+    symbols back into characters. Saved as the JSON list of its symbols either way.
+    """
 
     def __init__(self, symbols: Iterable[str] = ENGLISH):
         self.symbols = tuple(symbols)
         if len(set(self.symbols)) != len(self.symbols):
             raise ValueError("alphabet has repeated symbols")
-        if any(len(symbol) != 1 for symbol in self.symbols):
-            raise ValueError("alphabet symbols must be single characters")
+        characters = {symbol for symbol in self.symbols if isinstance(symbol, str) and len(symbol) == 1}
+        bad = [symbol for symbol in self.symbols if symbol not in characters
+               and not (isinstance(symbol, str) and len(symbol) == 2 and " " not in symbol
+                        and set(symbol) <= characters)]
+        if bad:
+            raise ValueError("alphabet symbols must be single characters, or bigrams of two of its characters "
+                             f"without a space: {', '.join(repr(symbol) for symbol in bad[:10])}")
+        self.bigrams = frozenset(symbol for symbol in self.symbols if len(symbol) == 2)
         self._index = {symbol: i + 1 for i, symbol in enumerate(self.symbols)}
 
     def __len__(self) -> int:
@@ -68,20 +81,44 @@ class Alphabet:
         return isinstance(other, Alphabet) and self.symbols == other.symbols
 
     def __repr__(self) -> str:
+        if self.has_bigrams:
+            return f"Alphabet({list(self.symbols)!r})"
         return f"Alphabet({''.join(self.symbols)!r})"
 
     normalize = staticmethod(normalize)
 
+    @property
+    def has_bigrams(self) -> bool:
+        """Whether some symbols are bigrams (a label may stand for two characters)."""
+        return bool(self.bigrams)
+
+    @property
+    def characters(self) -> tuple[str, ...]:
+        """The single-character symbols, in label order."""
+        return tuple(symbol for symbol in self.symbols if len(symbol) == 1)
+
+    def segment(self, text: str) -> list[str]:
+        """The symbols ``text`` is labelled with: its characters, or with bigrams DS2's
+        segmentation, from the left of each word: the next two characters when they are a
+        bigram of the alphabet, else the next character alone ("hello" with "he" and "ll":
+        he ll o; with "el" only: h el l o). Spaces are symbols of their own."""
+        if not self.bigrams:
+            return list(text)
+        return segment_bigrams(text, self.bigrams)
+
     def encode(self, text: str) -> list[int]:
-        """Label indices of an already normalized text. ValueError lists unknown characters."""
+        """Label indices of an already normalized text (bigrams where the alphabet has them,
+        see :meth:`segment`). ValueError lists unknown characters."""
         unknown = sorted({char for char in text if char not in self._index})
         if unknown:
             shown = ", ".join(repr(char) for char in unknown)
             raise ValueError(f"characters outside the alphabet: {shown}")
-        return [self._index[char] for char in text]
+        if not self.bigrams:
+            return [self._index[char] for char in text]
+        return [self._index[symbol] for symbol in segment_bigrams(text, self.bigrams)]
 
     def decode(self, labels: Iterable[int]) -> str:
-        """Text of label indices; blanks are skipped."""
+        """Text of label indices (bigrams joined back into characters); blanks are skipped."""
         return "".join(self.symbols[i - 1] for i in labels if i != BLANK)
 
     def to_list(self) -> list[str]:
@@ -111,3 +148,45 @@ class Alphabet:
         if not symbols:
             raise ValueError("no characters found to build an alphabet from")
         return cls(symbols)
+
+    @classmethod
+    def with_bigrams(cls, texts: Iterable[str], n_bigrams: int, base: "Alphabet | None" = None) -> "Alphabet":
+        """DS2's bigram outputs: ``base`` (default: :meth:`from_texts` of ``texts``) followed by
+        the ``n_bigrams`` most frequent bigrams of the (normalized) ``texts``.
+
+        Bigrams are counted as DS2 labels words: each word cut into non-overlapping pairs
+        from the left ("hello": he, ll; the odd last character is no pair). Pairs with a
+        character outside ``base`` are not counted. Most frequent first, ties by the string,
+        so the same texts always give the same alphabet; fewer than ``n_bigrams`` when the
+        texts hold fewer distinct pairs. ``base`` must be of single characters.
+        """
+        if n_bigrams < 0:
+            raise ValueError(f"n_bigrams must be >= 0, got {n_bigrams}")
+        texts = [normalize(text) for text in texts]
+        base = base if base is not None else cls.from_texts(texts)
+        if base.has_bigrams:
+            raise ValueError("the base alphabet of with_bigrams must be of single characters")
+        characters = set(base.symbols)
+        counts: Counter[str] = Counter()
+        for text in texts:
+            for word in text.split(" "):
+                counts.update(pair for pair in (word[i:i + 2] for i in range(0, len(word) - 1, 2))
+                              if set(pair) <= characters)
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        return cls(base.symbols + tuple(pair for pair, _ in ranked[:n_bigrams]))
+
+
+def segment_bigrams(text: str, bigrams: frozenset[str] | set[str]) -> list[str]:
+    """``text`` cut into symbols from the left: the next two characters when they are one of
+    ``bigrams`` (which hold no space, so a pair never crosses a word boundary), else the next
+    character alone."""
+    symbols, i = [], 0
+    while i < len(text):
+        pair = text[i:i + 2]
+        if pair in bigrams:
+            symbols.append(pair)
+            i += 2
+        else:
+            symbols.append(text[i])
+            i += 1
+    return symbols
