@@ -1,7 +1,8 @@
 """Decoding: from the model's outputs to text.
 
 Greedy (best path) decoding takes the most likely symbol at every output step, merges
-repeats and drops blanks: DS2's no-language-model baseline. LM beam search maximizes
+repeats and drops blanks (bigram labels are joined back into characters by
+``Alphabet.decode``): DS2's no-language-model baseline. LM beam search maximizes
 log p_ctc + alpha log p_lm + beta words with DS2's per-frame pruning, in ds2's own compiled
 decoder (:mod:`ds2.decode.beam`; pyctcdecode stays as the reference, ``decoder="pyctcdecode"``).
 The acoustic model runs once per manifest; its log-probs can be cached and decoded again

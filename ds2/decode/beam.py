@@ -130,7 +130,13 @@ def load_language_model(path: str | Path, unigrams: list[str]):
 
 
 class LmDecoder:
-    """LM beam search for one alphabet and one set of options; the LM is loaded once."""
+    """LM beam search for one alphabet and one set of options; the LM is loaded once.
+
+    Labels may be bigrams (DS2's English outputs): a prefix grows by the label's characters,
+    checked against the LM's unigrams and the hotwords byte by byte; a word ends only at the
+    space label. Different spellings of one text ("th"+"e", "t"+"he") are different prefixes
+    of the search, counted once in the N best.
+    """
 
     def __init__(self, alphabet, options):
         from ds2.text import Alphabet
