@@ -84,3 +84,17 @@ def confusable_log_probs(text: str, alphabet, confusions: dict[str, str] | None 
             row[alphabet.encode(char)[0]] = 0.95
         rows += [row / row.sum(), np.eye(len(alphabet))[0] * 0.95 + 0.05 / len(alphabet)]
     return np.log(np.array(rows, dtype=np.float32))
+
+
+def sentences_lm(folder: Path, sentences: list[str], repeats: int = 5, order: int = 3):
+    """A KenLM model (ds2.lm.build_lm's LmFiles) of ``sentences``, each ``repeats`` times, built
+    in ``folder``; the test fails, saying what builds it, where lmplz is missing."""
+    from ds2 import lm
+
+    try:
+        lm.kenlm_tool("lmplz")
+    except lm.LmError as err:
+        pytest.fail(f"{err} (scripts/setup.sh builds it)")
+    text = folder / "text.txt"
+    text.write_text("\n".join(sentences * repeats) + "\n", encoding="utf-8")
+    return lm.build_lm([text], folder / "lm", order=order)

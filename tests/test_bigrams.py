@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import sentences_lm
 
-from ds2 import lm
 from ds2.alignment import align, greedy_words
 from ds2.checkpoint import load_model, save_checkpoint
 from ds2.ctc import min_frames
@@ -139,7 +139,7 @@ def test_with_bigrams_on_a_base_alphabet():
 def test_bigram_labels_are_fewer_than_characters():
     """What stride 3 needs: fewer labels, so fewer output frames, per transcript."""
     alphabet = english_bigrams()
-    chars, labels = Alphabet(), []
+    labels = []
     for text in SENTENCES:
         labels.append(alphabet.encode(text))
         assert len(labels[-1]) < len(text)
@@ -148,7 +148,6 @@ def test_bigram_labels_are_fewer_than_characters():
         padded[row, :len(sequence)] = torch.tensor(sequence)
     needed = min_frames(padded, torch.tensor([len(sequence) for sequence in labels]))
     needed_chars = [len(text) + sum(a == b for a, b in zip(text, text[1:])) for text in SENTENCES]
-    assert chars.encode(SENTENCES[0]) != alphabet.encode(SENTENCES[0])
     assert needed.sum() < 0.8 * sum(needed_chars), (needed.sum(), sum(needed_chars))
 
 
@@ -183,9 +182,11 @@ def test_saved_alphabets_and_checkpoints_keep_their_bigrams(tmp_path):
 
 def test_an_old_single_character_checkpoint_still_loads():
     model, alphabet = load_model(V1_CHECKPOINT)
-    assert not alphabet.has_bigrams and alphabet.symbols == tuple(model.config.alphabet)
-    text = "the cat"
-    assert len(alphabet.encode(text)) == len(text)
+    assert alphabet == Alphabet() and not alphabet.has_bigrams and model.config.n_outputs == 29
+    assert alphabet.encode("the cat") == [alphabet.symbols.index(char) + 1 for char in "the cat"]
+    # its outputs decode as they did (the texts stored beside it, from before bigrams)
+    expected = torch.load(V1_CHECKPOINT.with_name("checkpoint_v1_expected.pt"), weights_only=True)
+    assert greedy_decode(expected["logits"], expected["output_lengths"], alphabet) == expected["texts"]
 
 
 # --------------------------------------------------------------------------- decoding
@@ -306,14 +307,7 @@ def test_segment_features_count_labels_for_ctc_and_characters_for_the_ratios():
 
 @pytest.fixture(scope="module")
 def lm_files(tmp_path_factory):
-    try:
-        lm.kenlm_tool("lmplz")
-    except lm.LmError as err:
-        pytest.fail(f"{err} (scripts/setup.sh builds it)")
-    folder = tmp_path_factory.mktemp("bigram_lm")
-    text = folder / "text.txt"
-    text.write_text("\n".join(SENTENCES * 5) + "\n", encoding="utf-8")
-    return lm.build_lm([text], folder / "lm", order=3)
+    return sentences_lm(tmp_path_factory.mktemp("bigram_lm"), SENTENCES)
 
 
 # look-alike letters; a label's look-alike is the label with them swapped, when the alphabet has it
@@ -353,6 +347,9 @@ def test_lm_beam_search_over_bigram_labels(lm_files):
 
 
 def test_beam_search_word_times_and_n_best_over_bigram_labels(lm_files):
+    """Each label on 2 known frames: a word runs from its first label's first frame to its
+    last label's last, whether those labels are bigrams or characters; the confidence is the
+    labels' probability."""
     alphabet = english_bigrams()
     text = "the teacher opened the door"
     log_probs = clean_log_probs(alphabet.encode(text), len(alphabet), p=0.9)
@@ -366,11 +363,12 @@ def test_beam_search_word_times_and_n_best_over_bigram_labels(lm_files):
         for k, word in enumerate(text.split())]
     assert all(w.confidence == pytest.approx(0.9, abs=1e-4) for w in best.words)
     n_best = decoder.n_best_of(log_probs, 4)
-    assert len({h.text for h in n_best}) == len(n_best) > 1  # other spellings of one text count once
+    assert len({h.text for h in n_best}) == len(n_best) > 1  # distinct texts, not spellings of one
 
 
 def test_hotwords_spelled_with_bigram_labels(lm_files):
-    """'zebra' is no word of the LM; spelled z e b r a or with bigrams, its hotword boost keeps it."""
+    """'zebra' is no word of the LM; spelled with the bigram labels "ze" and "br" (the first heard
+    as "s"), only its hotword boost, given while the bigrams grow it, keeps it."""
     alphabet = Alphabet.with_bigrams(SENTENCES + ["zebra zebra"], 40, base=Alphabet())
     assert "ze" in alphabet.bigrams and "br" in alphabet.bigrams
     text = "the zebra"
@@ -398,4 +396,6 @@ def test_pyctcdecode_decodes_bigram_labels_too(lm_files):
     log_probs = [confused_log_probs(text, alphabet, rng) for text in references]
     options = BeamSearchOptions(str(lm_files.binary), alpha=0.8, beta=1.0, beam_width=32, jobs=1,
                                 decoder="pyctcdecode")
+    greedy = [greedy_decode(torch.from_numpy(lp)[None], torch.tensor([len(lp)]), alphabet)[0] for lp in log_probs]
+    assert sum(a != b for a, b in zip(greedy, references)) >= 3  # the LM has work to do
     assert beam_decode(log_probs, alphabet, options) == references

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import sentences_lm
 
 from ds2 import lm
 from ds2.decode import BeamSearchOptions, beam_decode, build_beam_decoder, decode_cache, greedy_decode
@@ -30,14 +31,7 @@ CONFUSIONS = {"c": "k", "k": "c", "s": "z", "e": "i", "i": "e", "o": "u", "a": "
 
 @pytest.fixture(scope="module")
 def lm_files(tmp_path_factory):
-    try:
-        lm.kenlm_tool("lmplz")
-    except lm.LmError as err:
-        pytest.fail(f"{err} (scripts/setup.sh builds it)")
-    folder = tmp_path_factory.mktemp("beam_lm")
-    text = folder / "text.txt"
-    text.write_text("\n".join(SENTENCES * 5) + "\n", encoding="utf-8")
-    return lm.build_lm([text], folder / "lm", order=3)
+    return sentences_lm(tmp_path_factory.mktemp("beam_lm"), SENTENCES)
 
 
 def noisy_log_probs(text: str, rng: np.random.Generator, confusion_rate: float = 0.3) -> np.ndarray:
