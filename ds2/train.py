@@ -173,6 +173,10 @@ class TrainConfig:
                                  "utterances cannot be used (missing or unreadable audio, labels "
                                  "longer than the output, non-finite loss).", min=0, max=1)
     resume: bool = option(False, "Continue OUT_DIR/last.pt exactly where it stopped (with any number of ranks).")
+    bigrams: int = option(0, "Bigram outputs (DS2's, for English at time stride 3, e.g. --conv-strides 2x3,2x1): "
+                          "the N most frequent within-word character bigrams of the training transcripts join the "
+                          "alphabet, and each word is labelled as non-overlapping bigrams from the left (decoding "
+                          "joins them back into characters). 0: characters only.", min=0)
     init: str | None = option(None, "Start from the weights of this checkpoint (fine-tuning); its model "
                               "configuration and alphabet replace the model options.")
     progress: bool = option(True, "Show a progress bar.")
@@ -649,6 +653,16 @@ def train(config: TrainConfig, alphabet: Alphabet | None = None) -> TrainState:
 FEATURE_STATISTICS_UTTERANCES = 300
 
 
+def _bigram_alphabet(manifest: str | Path, n_bigrams: int, base: Alphabet) -> Alphabet:
+    """``base`` plus the ``n_bigrams`` most frequent bigrams of the manifest's transcripts."""
+    texts = [Alphabet.normalize(record["text"]) for record in read_manifest(manifest)]
+    alphabet = Alphabet.with_bigrams(texts, n_bigrams, base=base)
+    bigrams = [symbol for symbol in alphabet.symbols if len(symbol) > 1]
+    log.info("bigram outputs: %d bigrams + %d characters (most frequent: %s)", len(bigrams),
+             len(alphabet.symbols) - len(bigrams), " ".join(repr(b) for b in bigrams[:10]))
+    return alphabet
+
+
 def _set_feature_statistics(model_config: ModelConfig, manifest: str | Path, seed: int) -> None:
     """Online normalization's prior: the raw feature mean and variance of up to
     FEATURE_STATISTICS_UTTERANCES training utterances (a seeded sample; unreadable ones skipped)."""
@@ -696,6 +710,8 @@ def _train(config: TrainConfig, alphabet: Alphabet | None, ranks: Ranks, device:
         random.seed(config.seed)
     else:
         alphabet = alphabet or Alphabet()
+        if config.bigrams:
+            alphabet = _bigram_alphabet(config.train_manifest, config.bigrams, alphabet)
         model_config = config.model
         model_config.alphabet = alphabet.to_list()
         model_config.n_outputs = len(alphabet)

@@ -609,3 +609,15 @@ def test_a_budget_of_minutes_stops_evaluates_and_resumes_with_the_rest(corpus, t
     with open(out / "dev.csv") as handle:
         more = list(csv.DictReader(handle))
     assert more[: len(rows)] == rows and len(more) > len(rows)
+
+
+def test_bigram_outputs_come_from_the_training_text_and_are_saved_with_the_model(corpus, tmp_path):
+    out = tmp_path / "bigrams"
+    state = train(_config(corpus, out, epochs=1, bigrams=20))
+    saved = load_checkpoint(out / "last.pt")
+    symbols = saved["model_config"]["alphabet"]
+    bigrams = [s for s in symbols if len(s) > 1]
+    assert len(bigrams) == 20 and saved["model_config"]["n_outputs"] == len(symbols) + 1
+    texts = [Alphabet.normalize(r["text"]) for r in read_manifest(corpus["train"])]
+    assert Alphabet(symbols) == Alphabet.with_bigrams(texts, 20, base=Alphabet())
+    assert state.step > 0 and state.skipped_unaligned == 0
