@@ -265,8 +265,11 @@ class ScanLayer(nn.Module):
             if self.cell_norm is not None:
                 c_mean, c_var = (self._per_loop_step(s.view(-1, dirs, hidden)) for s in self.cell_norm.population(n_steps))
             eps = self.recurrent_norm.eps
-        states, *stats = self.scan(inputs, masks, self.weight_hh, self.bias_hh[:, None, :], _CELL[self.rnn_type], norm,
-                               h_gain, c_gain, c_bias, h_mean, h_var, c_mean, c_var, self.training, eps)
+        # Without the JIT's optimizing passes (fusion): the same graph then computes the same floats
+        # on every call, as a resumed run must (the profiling executor optimizes only after some calls).
+        with torch.jit.optimized_execution(False):
+            states, *stats = self.scan(inputs, masks, self.weight_hh, self.bias_hh[:, None, :], _CELL[self.rnn_type],
+                                       norm, h_gain, c_gain, c_bias, h_mean, h_var, c_mean, c_var, self.training, eps)
         if norm == 1 and self.training:
             counts = mask.sum(1).to(x.dtype)  # the same at absolute step t in both directions
             h_means, h_vars, c_means, c_vars = (self._per_loop_step(s).flatten(1).detach() if s.numel() else s

@@ -621,3 +621,18 @@ def test_bigram_outputs_come_from_the_training_text_and_are_saved_with_the_model
     texts = [Alphabet.normalize(r["text"]) for r in read_manifest(corpus["train"])]
     assert Alphabet(symbols) == Alphabet.with_bigrams(texts, 20, base=Alphabet())
     assert state.step > 0 and state.skipped_unaligned == 0
+
+
+@pytest.mark.parametrize("variant", [dict(rnn_type="lstm", rnn_norm="recurrent"), dict(rnn_type="rnn", rnn_norm="layer")],
+                         ids=["lstm-recurrent-bn", "clipped-rnn-layernorm"])
+def test_a_loop_variant_resumes_exactly(corpus, tmp_path, variant):
+    model = ModelConfig(**{**TINY_MODEL, **variant})
+    train(_config(corpus, tmp_path / "straight", epochs=2, model=model))
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+    train(_config(corpus, tmp_path / "cut", epochs=2, max_steps=3, model=ModelConfig(**{**TINY_MODEL, **variant})))
+    train(_config(corpus, tmp_path / "cut", epochs=2, resume=True, model=ModelConfig(**{**TINY_MODEL, **variant})))
+    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert replayable(resumed["training"]["state"]) == replayable(straight["training"]["state"])
+    assert resumed["model_config"]["rnn_norm"] == variant["rnn_norm"]
+    for key, value in straight["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
