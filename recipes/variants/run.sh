@@ -7,8 +7,11 @@
 #   bash recipes/variants/run.sh                       # all stages (about 1.5 h on 2 cores)
 #   bash recipes/variants/run.sh --minutes 20          # a larger budget per model
 #   bash recipes/variants/run.sh --only "gru-bn lstm-bn"
+#   bash recipes/variants/run.sh --data D --exp E --train-opts "--rnn-hidden 64"   # another corpus
+#     (D/{train,dev,test}.json), folder or model size (options given last win)
 #
-# Stages (a marker per stage and per model; delete recipes/variants/exp to redo):
+# Stages (stage 1 has a marker, stage 2 one per model, stage 3 always runs; delete
+# recipes/variants/exp to redo):
 #   1  the tiny recipe's corpus (recipes/tiny stages 1-2) and a 4-gram LM of its training text
 #   2  per model: ds2 train for --minutes of training (dev evaluated every --eval-minutes, and at
 #      the end), greedy and LM decoding of dev and test with best.pt (alpha/beta fixed: the tiny
@@ -26,6 +29,9 @@ alpha=1.25
 beta=3.5
 bigrams=300 # bigram vocabulary of the bigram model (plus the characters)
 only=""
+data=../tiny/data
+exp=exp
+train_opts=""
 
 # name | ds2 train options beyond the tiny recipe's (every model: the tiny recipe's 2 conv layers
 # with time stride 3, 2 bidirectional recurrent layers of 256 units, Adam 2e-3)
@@ -40,7 +46,7 @@ models=(
   "gru-bn-bigrams|--rnn-type gru --rnn-norm batch --bigrams BIGRAMS"
 )
 
-usage="Usage: $0 [--stage N] [--stop-stage N] [--minutes $minutes] [--eval-minutes $eval_minutes] [--threads $threads] [--bigrams $bigrams] [--only \"NAME ...\"]"
+usage="Usage: $0 [--stage N] [--stop-stage N] [--minutes $minutes] [--eval-minutes $eval_minutes] [--threads $threads] [--bigrams $bigrams] [--only \"NAME ...\"] [--data $data] [--exp $exp] [--train-opts \"DS2 TRAIN OPTIONS\"]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --stage) stage=$2; shift 2 ;;
@@ -50,26 +56,31 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --bigrams) bigrams=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
+    --data) data=$(realpath -m "$2"); shift 2 ;;
+    --exp) exp=$(realpath -m "$2"); shift 2 ;;
+    --train-opts) train_opts=$2; shift 2 ;;
     -h|--help) echo "$usage"; exit 0 ;;
     *) echo "unknown option $1"; echo "$usage"; exit 1 ;;
   esac
 done
 
 cd "$(dirname "$0")"
-exp=exp
 tiny=../tiny
-data=$tiny/data
 mkdir -p $exp
 source ../common.sh
 
 if run_stage 1; then
   log "Stage 1: the tiny corpus ($data) and a 4-gram LM ($exp/lm)"
-  [ -f $data/.stage2.done ] || bash $tiny/run.sh --stage 1 --stop-stage 2
+  if [ ! -f $data/train.json ] || [ ! -f $data/dev.json ] || [ ! -f $data/test.json ]; then
+    [ "$data" -ef $tiny/data ] || { echo "--data $data: no train.json, dev.json and test.json there"; exit 1; }
+    bash $tiny/run.sh --stage 1 --stop-stage 2
+  fi
   "$python" $tiny/local/lm_text.py $data/train.json $data/dev.json $data/test.json -o $exp/lm_text.txt --extra 50000
   "$ds2" lm build $exp/lm_text.txt -o $exp/lm --order 4 --memory 500M
   done_stage 1
 fi
 
+failed=()
 if run_stage 2; then
   for entry in "${models[@]}"; do
     name=${entry%%|*}
@@ -85,8 +96,8 @@ if run_stage 2; then
       --batch-size 16 --optimizer adam --lr 2e-3 --anneal 2 --grad-clip 400 \
       --conv-layers 2 --conv-channels 32,16 --conv-kernels 41x11,21x11 --conv-strides 2x3,2x1 \
       --rnn-layers 2 --rnn-hidden 256 --fc-hidden 256 --threads $threads --seed $seed --checkpoint-every 100 \
-      --no-progress $opts $( [ -f $dir/last.pt ] && echo --resume ) > $dir/train.log 2>&1 \
-      || { log "$name: training failed (see $dir/train.log)"; tail -5 $dir/train.log; continue; }
+      --no-progress $opts $train_opts $( [ -f $dir/last.pt ] && echo --resume ) > $dir/train.log 2>&1 \
+      || { log "$name: training failed (see $dir/train.log)"; tail -5 $dir/train.log; failed+=("$name"); continue; }
     for split in dev test; do
       decode_and_score $split $data/$split.json $dir --save-logprobs $dir/logprobs_$split.pt
       decode_and_score lm_$split $data/$split.json $dir --logprobs $dir/logprobs_$split.pt \
@@ -95,7 +106,7 @@ if run_stage 2; then
     log "$name: test WER greedy $(awk '$1 == "WER" {print $NF}' $dir/score_test.txt), LM $(awk '$1 == "WER" {print $NF}' $dir/score_lm_test.txt)"
     touch $dir/.done
   done
-  done_stage 2
+  # no stage marker: each model has its own (.done), and a later --only may name other models
 fi
 
 if run_stage 3; then
@@ -105,4 +116,8 @@ if run_stage 3; then
 fi
 
 [ -f $exp/results.md ] && cat $exp/results.md
+if [ ${#failed[@]} -gt 0 ]; then
+  log "FAILED: ${failed[*]} (their train.log says why; a rerun retries them)"
+  exit 1
+fi
 log "Successfully finished [elapsed=$(( $(date +%s) - start_time ))s]"
