@@ -86,6 +86,28 @@ def confusable_log_probs(text: str, alphabet, confusions: dict[str, str] | None 
     return np.log(np.array(rows, dtype=np.float32))
 
 
+class WeakModelFrames:
+    """Rows of (T, V) log-probabilities like a weak model's: each frame puts ``p`` on one label
+    (and ``q`` on a second), and spreads the rest over the vocabulary but the space (label
+    ``space``: a model hears a word break only between words)."""
+
+    def __init__(self, vocabulary: int, space: int, rng: np.random.Generator):
+        self.rng, self.rows = rng, []
+        self.spread = np.full(vocabulary, 5.0)
+        self.spread[space] = 1e-6
+
+    def add(self, peak: int, p: float, second: int | None = None, q: float = 0.0) -> None:
+        row = self.rng.dirichlet(self.spread) * (1 - p - q)
+        row[peak] += p
+        if second is not None:
+            row[second] += q
+        self.rows.append(row)
+
+    def log_probs(self) -> np.ndarray:
+        probs = np.maximum(np.array(self.rows), 1e-12)
+        return np.log(probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 def sentences_lm(folder: Path, sentences: list[str], repeats: int = 5, order: int = 3):
     """A KenLM model (ds2.lm.build_lm's LmFiles) of ``sentences``, each ``repeats`` times, built
     in ``folder``; the test fails, saying what builds it, where lmplz is missing."""

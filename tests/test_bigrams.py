@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import sentences_lm
+from conftest import WeakModelFrames, sentences_lm
 
 from ds2.alignment import align, greedy_words
 from ds2.checkpoint import load_model, save_checkpoint
@@ -199,17 +199,8 @@ def label_log_probs(labels: list[int], vocabulary: int, rng: np.random.Generator
     labels but the space (label ``space``: a model hears a word break only between words); a
     label in ``confusions`` is heard as its look-alike (0.5) more than as itself (0.35)."""
     confusions = confusions or {}
-    rows = []
-    spread = np.full(vocabulary, 5.0)
-    spread[space] = 1e-6
-
-    def frame(peak: int, p: float, second: int | None = None, q: float = 0.0):
-        row = rng.dirichlet(spread) * (1 - p - q)
-        row[peak] += p
-        if second is not None:
-            row[second] += q
-        rows.append(row)
-
+    frames = WeakModelFrames(vocabulary, space, rng)
+    frame = frames.add
     frame(BLANK, 0.9)
     for k, label in enumerate(labels):
         for _ in range(rng.integers(1, 4)):
@@ -221,8 +212,7 @@ def label_log_probs(labels: list[int], vocabulary: int, rng: np.random.Generator
         for _ in range(rng.integers(1 if repeat else 0, 3)):
             frame(BLANK, rng.uniform(0.8, 0.99))
     frame(BLANK, 0.9)
-    probs = np.maximum(np.array(rows), 1e-12)
-    return np.log(probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+    return frames.log_probs()
 
 
 def clean_log_probs(labels: list[int], vocabulary: int, p: float = 0.98) -> np.ndarray:

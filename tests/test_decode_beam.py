@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import sentences_lm
+from conftest import WeakModelFrames, sentences_lm
 
 from ds2 import lm
 from ds2.decode import BeamSearchOptions, beam_decode, build_beam_decoder, decode_cache, greedy_decode
@@ -38,18 +38,8 @@ def noisy_log_probs(text: str, rng: np.random.Generator, confusion_rate: float =
     """(T, V) log-probs like a weak model's: each character over 1-3 frames, sometimes heard
     as a look-alike, blanks between, mass spread over the other letters (not the space: a
     model hears a word break only between words)."""
-    rows = []
-    V = len(ALPHABET)
-    spread = np.full(V, 5.0)
-    spread[ALPHABET.encode(" ")[0]] = 1e-6
-
-    def frame(peak: int, p: float, second: int | None = None, q: float = 0.0):
-        row = rng.dirichlet(spread) * (1 - p - q)
-        row[peak] += p
-        if second is not None:
-            row[second] += q
-        rows.append(row)
-
+    frames = WeakModelFrames(len(ALPHABET), ALPHABET.encode(" ")[0], rng)
+    frame = frames.add
     for _ in range(rng.integers(1, 3)):
         frame(0, 0.9)
     for char in text:
@@ -65,8 +55,7 @@ def noisy_log_probs(text: str, rng: np.random.Generator, confusion_rate: float =
         for _ in range(rng.integers(0, 3)):
             frame(0, rng.uniform(0.8, 0.99))
     frame(0, 0.9)
-    probs = np.maximum(np.array(rows), 1e-12)
-    return np.log(probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+    return frames.log_probs()
 
 
 def objective(log_probs: np.ndarray, text: str, kenlm_model, unigrams: set, alpha: float, beta: float) -> float:
