@@ -13,11 +13,13 @@ Three of ds2's recurrent variants have no fused kernel:
 whole padded batch, with its normalization, before the recurrence starts. The recurrence is
 then a TorchScript loop (:func:`_scan`), so no Python runs per time step. Both directions of a
 bidirectional layer go through the same loop: one batched matrix product per step. The
-backward direction runs on the time-reversed input. Padded steps leave the state as it was, so
-the backward direction starts from zero at each sequence's last real step.
+backward direction runs on each utterance reversed within its own length (only the unpadded
+part is reversed, as Cooijmans et al. prescribe), so at loop step k every utterance in either
+direction is k steps into its pass, and padded steps, all at the end, leave the state alone.
 
-Recurrent BatchNorm's statistics are per absolute time step t, over the utterances still
-running at t, in both directions. They are kept per step up to ``max_steps``, and the
+Recurrent BatchNorm's statistics are per loop step k: over the utterances still running at k,
+separately for each direction (the forward direction's step k is time k, the backward one's is
+time L-1-k of an utterance of L steps). They are kept per step up to ``max_steps``, and the
 population statistics of the longest step seen in training are reused beyond it, as in
 Cooijmans et al. Gains start at 0.1, their recommendation; the recurrent and input terms have
 no shift of their own (the layer's bias is the shift). LayerNorm's gains start at 1 and its
@@ -46,7 +48,8 @@ def scan_eager(inputs: torch.Tensor, mask: torch.Tensor, weight_hh: torch.Tensor
           h_var: torch.Tensor, c_mean: torch.Tensor, c_var: torch.Tensor, training: bool, eps: float):
     """The recurrence of every direction at once.
 
-    inputs: shape = (T, D, B, G*H), the input term of each loop step (direction 1 time-reversed);
+    inputs: shape = (T, D, B, G*H), the input term of each loop step (direction 1 on each
+    utterance reversed within its length);
     mask: (T, D, B), True at real steps; weight_hh: (D, G*H, H); bias_hh: (D, 1, G*H).
     norm 1 (recurrent BN): h_gain (D, 1, G*H), c_gain and c_bias (D, 1, H); in eval, the
     population statistics of each loop step: h_mean, h_var (T, D, G*H), c_mean, c_var (T, D, H).
@@ -132,6 +135,19 @@ def _scripted(function):
 
 
 _scan = _scripted(scan_eager)
+
+
+def reversed_within(lengths: torch.Tensor, n_steps: int) -> torch.Tensor:
+    """Time indices, shape = (n_steps, B), that reverse each utterance within its length and
+    leave its padding where it is (an involution): L-1-t for t < L, else t."""
+    steps = torch.arange(n_steps, device=lengths.device)[:, None]
+    lengths = lengths.to(steps.device)[None, :]
+    return torch.where(steps < lengths, lengths - 1 - steps, steps)
+
+
+def _take_steps(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values: shape = (T, B, n); the rows ``index`` (T, B) of each utterance's time axis."""
+    return values.gather(0, index[..., None].expand_as(values))
 
 
 class StepBatchNorm(nn.Module):
@@ -226,9 +242,9 @@ class ScanLayer(nn.Module):
         elif norm != "none":
             raise ValueError(f"unknown recurrent normalization {norm!r}")
 
-    def input_term(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Normalized W x + b of every step, shape = (T, B, D*G*H); x exactly zero at padding."""
-        products = x @ self.weight_ih.t()
+    def input_term(self, products: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Normalized W x + b of every loop step, shape = (T, B, D*G*H), from W x in loop order
+        (exactly zero at padding)."""
         if self.norm_type == "batch":
             sums = (lengths.sum(), *sums_and_squares(products, (0, 1))) if self.training else ()
             scale, shift = self.input_norm.scale_shift(*sums)
@@ -246,11 +262,13 @@ class ScanLayer(nn.Module):
         x = torch.where(mask[..., None], x, 0)
         n_steps, batch = x.shape[:2]
         dirs, hidden = self.n_directions, self.hidden_size
-        inputs = self.input_term(x, lengths, mask).unflatten(-1, (dirs, -1)).permute(0, 2, 1, 3)  # T x D x B x GH
+        products = x @ self.weight_ih.t()  # T x B x D*GH
+        if dirs == 2:  # the backward direction runs on each utterance reversed within its length
+            reverse = reversed_within(lengths, n_steps)
+            ahead, back = products.chunk(2, -1)
+            products = torch.cat([ahead, _take_steps(back, reverse)], -1)
+        inputs = self.input_term(products, lengths, mask).unflatten(-1, (dirs, -1)).permute(0, 2, 1, 3)  # T x D x B x GH
         masks = mask[:, None, :].expand(n_steps, dirs, batch)
-        if dirs == 2:  # the backward direction runs on the reversed time axis
-            inputs = torch.stack([inputs[:, 0], inputs[:, 1].flip(0)], 1)
-            masks = torch.stack([mask, mask.flip(0)], 1)
         gated = self.weight_hh.shape[1]
         empty = x.new_zeros(0)
         h_gain = c_gain = c_bias = h_mean = h_var = c_mean = c_var = empty
@@ -261,9 +279,9 @@ class ScanLayer(nn.Module):
             if self.rnn_type == "lstm":
                 c_gain, c_bias = self.cell_gain, self.cell_bias
         if norm == 1 and not self.training:
-            h_mean, h_var = (self._per_loop_step(s.view(-1, dirs, gated)) for s in self.recurrent_norm.population(n_steps))
+            h_mean, h_var = (s.view(-1, dirs, gated) for s in self.recurrent_norm.population(n_steps))
             if self.cell_norm is not None:
-                c_mean, c_var = (self._per_loop_step(s.view(-1, dirs, hidden)) for s in self.cell_norm.population(n_steps))
+                c_mean, c_var = (s.view(-1, dirs, hidden) for s in self.cell_norm.population(n_steps))
             eps = self.recurrent_norm.eps
         # Without the JIT's optimizing passes (fusion): the same graph then computes the same floats
         # on every call, as a resumed run must (the profiling executor optimizes only after some calls).
@@ -271,18 +289,11 @@ class ScanLayer(nn.Module):
             states, *stats = self.scan(inputs, masks, self.weight_hh, self.bias_hh[:, None, :], _CELL[self.rnn_type],
                                        norm, h_gain, c_gain, c_bias, h_mean, h_var, c_mean, c_var, self.training, eps)
         if norm == 1 and self.training:
-            counts = mask.sum(1).to(x.dtype)  # the same at absolute step t in both directions
-            h_means, h_vars, c_means, c_vars = (self._per_loop_step(s).flatten(1).detach() if s.numel() else s
-                                                for s in stats)
+            counts = mask.sum(1).to(x.dtype)  # the same at loop step k in both directions
+            h_means, h_vars, c_means, c_vars = (s.flatten(1).detach() if s.numel() else s for s in stats)
             self.recurrent_norm.update(h_means, h_vars, counts)
             if c_means.numel():
                 self.cell_norm.update(c_means, c_vars, counts)
         if dirs == 2:
-            states = torch.stack([states[:, 0], states[:, 1].flip(0)], 1)
+            states = torch.stack([states[:, 0], _take_steps(states[:, 1], reverse)], 1)
         return torch.where(mask[..., None], states.sum(1), 0)
-
-    def _per_loop_step(self, values: torch.Tensor) -> torch.Tensor:
-        """(T, D, n) per absolute step <-> per loop step: direction 1 reversed (an involution)."""
-        if self.n_directions == 1:
-            return values
-        return torch.stack([values[:, 0], values[:, 1].flip(0)], 1)

@@ -167,6 +167,27 @@ def test_recurrent_batch_norm_keeps_statistics_per_step_and_reuses_the_last_beyo
     assert norm.step_index(12, torch.device("cpu")).tolist() == [0, 1, 2, 3, 4] + [4] * 7
 
 
+def test_recurrent_batch_norm_steps_the_backward_direction_from_each_utterances_end():
+    """Cooijmans et al.: the backward direction reverses only the unpadded part of each utterance,
+    so its loop step k is step L-1-k of an utterance of L steps, and its statistics at k are over
+    utterances k steps into their backward pass, as the forward direction's are."""
+    torch.manual_seed(6)
+    layer = ScanLayer(4, 3, "gru", True, "recurrent", max_steps=50).train()
+    lengths = torch.tensor([6, 4, 2])
+    mask = time_mask(lengths, 6).t()
+    x = torch.randn(6, 3, 4) + torch.arange(6.0)[:, None, None]  # the input's mean grows with time
+    layer(x, lengths, mask)
+    ahead, back = (torch.where(mask[..., None], x, 0) @ layer.weight_ih.t()).chunk(2, -1)
+    for k in range(6):
+        running = [b for b in range(3) if lengths[b] > k]
+        backward_rows = torch.stack([back[int(lengths[b]) - 1 - k, b] for b in running])
+        expected = 0.1 * torch.cat([ahead[k, running].mean(0), backward_rows.mean(0)])
+        torch.testing.assert_close(layer.input_norm.running_mean[k], expected)
+    # Every pass starts from a zero state at loop step 0 in both directions: U h is 0 there.
+    assert torch.all(layer.recurrent_norm.running_mean[0] == 0)
+    assert torch.all(layer.recurrent_norm.running_mean[1].abs() > 0)
+
+
 def test_layer_norm_is_the_same_in_training_and_in_test():
     torch.manual_seed(6)
     layer = ScanLayer(4, 3, "gru", True, "layer")
