@@ -15,7 +15,7 @@
 #   1  the tiny recipe's corpus (recipes/tiny stages 1-2) and a 4-gram LM of its training text
 #   2  per model: ds2 train for --minutes of training (dev evaluated every --eval-minutes, and at
 #      the end), greedy and LM decoding of dev and test with best.pt (alpha/beta fixed: the tiny
-#      recipe's tuned 1.25/3.5, the same for every model), scores
+#      recipe's tuned 1.25/3.5 of 2026-12-02, the same for every model), scores
 #   3  exp/results.md (the table) and exp/dev_cer.png (dev CER against training time)
 set -euo pipefail
 
@@ -81,6 +81,7 @@ if run_stage 1; then
 fi
 
 failed=()
+rm -f "$(done_marker 2)" # stage 2 has no marker (its models have theirs); an earlier version left one
 if run_stage 2; then
   for entry in "${models[@]}"; do
     name=${entry%%|*}
