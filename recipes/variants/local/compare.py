@@ -84,7 +84,7 @@ def plot(models: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 5))
+    figure, axes = plt.subplots(figsize=(9.5, 5))
     for m in models:
         x, y = zip(*m["curve"])
         axes.plot(x, y, "o-", label=m["name"], markersize=3)
@@ -92,7 +92,7 @@ def plot(models: list[dict], path: Path) -> None:
     axes.set_ylabel("dev CER % (greedy)")
     axes.set_title("DS2 variants: dev CER against training time")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, not over them
     figure.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     figure.savefig(tmp, dpi=120)
