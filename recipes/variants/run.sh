@@ -21,7 +21,7 @@ set -euo pipefail
 
 stage=1
 stop_stage=100
-minutes=8 # training budget per model (wall time of the training steps)
+minutes=10 # training budget per model (wall time of the training steps)
 eval_minutes=1.5
 threads=0
 seed=0
